@@ -1,0 +1,1 @@
+"""Backend adapters: one module per backend kind, all behind `adapters.base.Adapter`."""

@@ -1,0 +1,49 @@
+"""The one interface every backend sits behind; the pipeline never knows which it has."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from gateway.types import InferRequest, InferResponse, ModelMetadata, ModelRef, VersionStatus
+
+
+class Adapter(Protocol):
+    name: str
+
+    async def start(self) -> None:
+        """Connect or load; may leave models not ready (see `health`)."""
+
+    async def close(self) -> None:
+        """Finish in-flight work and release resources."""
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Run `request.inputs` (already decoded) on the model it names."""
+
+    async def model_metadata(self, ref: ModelRef) -> ModelMetadata:
+        """Signature of the version `ref` resolves to; raises `NotFound`."""
+
+    async def model_status(self, ref: ModelRef) -> list[VersionStatus]:
+        """Every version's state (or the one `ref` names); raises `NotFound`."""
+
+    async def health(self) -> tuple[bool, str]:
+        """Ready to serve every model it is configured for, and why not."""
+
+    def serves(self, model: str) -> bool:
+        """Whether this backend holds `model`, for routes not named in config."""
+
+    def model_names(self) -> list[str]:
+        """The models this backend serves now."""
+
+
+@runtime_checkable
+class ModelStore(Protocol):
+    """An adapter whose models the management API may add, replace and delete."""
+
+    async def create_model(self, name: str, data: bytes) -> VersionStatus:
+        """Store `data` as version 1 of a new model, serving once loaded and warmed up."""
+
+    async def add_version(self, name: str, data: bytes) -> VersionStatus:
+        """Store `data` as the next version; the old version serves until it is ready."""
+
+    async def delete_model(self, name: str) -> None:
+        """Stop routing to `name`; requests already admitted finish."""

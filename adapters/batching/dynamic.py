@@ -1,0 +1,185 @@
+"""The dynamic batcher: requests queue per model version and run together.
+
+A batch starts as soon as an executor is free: an idle model adds no delay. While every executor
+is busy, requests pile up and form the next batch. With `max_queue_delay_ms` and several
+executors, a free executor holds a partial batch up to that delay while another batch runs, to
+fill it. Expired or abandoned requests are dropped before they cost compute; a full queue
+refuses at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from adapters.batching.merge import batch_key, concat, rows_of, split
+from gateway.config import BatchingConfig
+from gateway.errors import BackendError, DeadlineExceeded, GatewayError, QueueFull, Unavailable
+from gateway.types import Tensors
+
+log = logging.getLogger(__name__)
+
+#: Runs one merged batch; called on an executor thread (ONNX Runtime releases the GIL).
+RunBatch = Callable[[Tensors], Tensors]
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    inputs: Tensors
+    rows: int
+    key: Hashable
+    deadline: float
+    future: asyncio.Future[Tensors]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """What the last batches looked like; read by metrics and the benchmark."""
+
+    batches: int = 0
+    rows: int = 0
+    max_rows: int = 0
+
+
+class DynamicBatcher:
+    def __init__(self, run: RunBatch, config: BatchingConfig, *, name: str,
+                 batchable: bool = True) -> None:
+        self._run = run
+        self._name = name
+        self._max_rows = config.max_batch_size if batchable else 1
+        self._max_queue = config.max_queue_size
+        self._delay = config.max_queue_delay_ms / 1000.0
+        self._slots = config.concurrent_batches
+        self._executor = ThreadPoolExecutor(config.concurrent_batches,
+                                            thread_name_prefix=f"batch-{name}")
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._in_flight = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._drained = asyncio.Event()
+        self.stats = BatchStats()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, inputs: Tensors, deadline: float) -> Tensors:
+        """Queue one request and wait for its share of a batch's outputs."""
+        if self._closing:
+            raise Unavailable(f"model {self._name} is unloading", retry_after_s=1)
+        if len(self._queue) >= self._max_queue:
+            raise QueueFull(f"model {self._name}: queue is full ({self._max_queue} requests "
+                            "waiting)", retry_after_s=1)
+        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+        rows = rows_of(inputs)
+        self._queue.append(_Pending(inputs, rows, batch_key(inputs), deadline, future))
+        self._queued_rows += rows
+        self._dispatch()
+        return await future
+
+    async def close(self) -> None:
+        """Refuse new requests, let queued and running ones finish, then stop the threads."""
+        self._closing = True
+        if self._queue or self._in_flight:
+            self._dispatch()
+            await self._drained.wait()
+        self._executor.shutdown(wait=False)
+
+    def _dispatch(self) -> None:
+        while self._queue and self._in_flight < self._slots:
+            if not self._ready_to_start():
+                self._arm_timer()
+                return
+            batch = self._take_batch()
+            if batch:
+                self._in_flight += 1
+                asyncio.get_running_loop().create_task(self._execute(batch))
+        self._check_drained()
+
+    def _ready_to_start(self) -> bool:
+        if self._in_flight == 0 or self._delay == 0 or self._closing:
+            return True
+        if self._queued_rows >= self._max_rows:
+            return True
+        return time.monotonic() - self._queue[0].enqueued >= self._delay
+
+    def _arm_timer(self) -> None:
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            when = self._queue[0].enqueued + self._delay
+            self._timer = loop.call_at(loop.time() + max(0.0, when - time.monotonic()),
+                                       self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _take_batch(self) -> list[_Pending]:
+        """Take the oldest live request and every later one that fits and matches its shape."""
+        now = time.monotonic()
+        batch: list[_Pending] = []
+        keep: deque[_Pending] = deque()
+        rows = 0
+        key: Hashable = None
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():  # the caller gave up (deadline or disconnect)
+                self._queued_rows -= item.rows
+                continue
+            if item.deadline <= now:
+                self._queued_rows -= item.rows
+                item.future.set_exception(DeadlineExceeded(
+                    f"model {self._name}: deadline passed while queued; dropped before compute"))
+                continue
+            if not batch:
+                batch.append(item)
+                rows, key = item.rows, item.key
+            elif item.key == key and rows + item.rows <= self._max_rows:
+                batch.append(item)
+                rows += item.rows
+            else:
+                keep.append(item)
+            if rows >= self._max_rows:
+                break
+        keep.extend(self._queue)
+        self._queue = keep
+        self._queued_rows -= rows
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        rows = [item.rows for item in batch]
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run,
+                                                 concat([item.inputs for item in batch]))
+            results: list[Tensors] | None = split(outputs, rows)
+            error: GatewayError | None = None
+        except GatewayError as exc:
+            results, error = None, exc
+        except Exception as exc:  # a failing batch fails only its own requests
+            log.warning("model %s: batch of %d rows failed: %s", self._name, sum(rows), exc)
+            results, error = None, BackendError(f"model {self._name} failed: {exc}")
+        self.stats.batches += 1
+        self.stats.rows += sum(rows)
+        self.stats.max_rows = max(self.stats.max_rows, sum(rows))
+        for i, item in enumerate(batch):
+            if item.future.done():
+                continue
+            if results is not None:
+                item.future.set_result(results[i])
+            else:
+                assert error is not None
+                item.future.set_exception(error)
+        self._in_flight -= 1
+        self._dispatch()
+
+    def _check_drained(self) -> None:
+        if self._closing and not self._queue and self._in_flight == 0:
+            self._drained.set()

@@ -1,0 +1,167 @@
+"""`gateway.toml` read once at start into frozen, typed objects; the hot path only reads them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from gateway.tomlconfig import ConfigError, Source, Table
+
+__all__ = ["BatchingConfig", "ConfigError", "GatewayConfig", "ModelConfig", "ServerConfig",
+           "load_config"]
+
+ADAPTER_KINDS = ("onnx",)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 8500
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_upload_bytes: int = 512 * 1024 * 1024
+    request_timeout_ms: int = 30_000
+    log_level: str = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 0.0
+    max_queue_size: int = 1024
+    concurrent_batches: int = 1
+
+
+@dataclass(frozen=True)
+class OnnxAdapterConfig:
+    name: str
+    repository: Path
+    poll_interval_s: float = 2.0
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    batching: BatchingConfig = BatchingConfig()
+    kind: str = "onnx"
+
+
+AdapterConfig = OnnxAdapterConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    adapter: str
+    version_policy: str = "latest"  # latest | all | specific
+    latest: int = 1
+    versions: tuple[int, ...] = ()
+    labels: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    batching: BatchingConfig | None = None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    source: Path
+    server: ServerConfig
+    adapters: Mapping[str, AdapterConfig]
+    models: Mapping[str, ModelConfig]
+    management_adapter: str | None
+
+    def models_of(self, adapter: str) -> dict[str, ModelConfig]:
+        return {name: m for name, m in self.models.items() if m.adapter == adapter}
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a config file; raises `ConfigError` naming file, line and key."""
+    source = Source.read(path)
+    root = source.root()
+    server = _server(root.table("server"))
+    adapters = {name: _adapter(name, t, path.parent) for name, t in root.table("adapters").tables()}
+    models = {name: _model(name, t, adapters) for name, t in root.table("models").tables()}
+    management = root.table("management")
+    manage = management.text("adapter", "")
+    if manage and manage not in adapters:
+        raise management.error("adapter", f"no adapter named {manage!r} (have: "
+                               f"{', '.join(adapters) or 'none'})")
+    management.finish()
+    if not manage:
+        manage = next((n for n, a in adapters.items() if a.kind == "onnx"), "")
+    root.finish()
+    return GatewayConfig(path, server, MappingProxyType(adapters), MappingProxyType(models),
+                         manage or None)
+
+
+def _server(t: Table) -> ServerConfig:
+    d = ServerConfig()
+    config = ServerConfig(
+        host=t.text("host", d.host),
+        http_port=t.integer("http_port", d.http_port, minimum=0, maximum=65535),
+        grpc_port=t.integer("grpc_port", d.grpc_port, minimum=0, maximum=65535),
+        max_body_bytes=t.integer("max_body_bytes", d.max_body_bytes, minimum=1024),
+        max_upload_bytes=t.integer("max_upload_bytes", d.max_upload_bytes, minimum=1024),
+        request_timeout_ms=t.integer("request_timeout_ms", d.request_timeout_ms, minimum=1),
+        log_level=t.text("log_level", d.log_level,
+                         choices=("debug", "info", "warning", "error")),
+        access_log=t.flag("access_log", d.access_log),
+    )
+    t.finish()
+    return config
+
+
+def _batching(t: Table, base: BatchingConfig) -> BatchingConfig:
+    config = BatchingConfig(
+        max_batch_size=t.integer("max_batch_size", base.max_batch_size, minimum=1),
+        max_queue_delay_ms=t.number("max_queue_delay_ms", base.max_queue_delay_ms, minimum=0),
+        max_queue_size=t.integer("max_queue_size", base.max_queue_size, minimum=1),
+        concurrent_batches=t.integer("concurrent_batches", base.concurrent_batches, minimum=1),
+    )
+    t.finish()
+    return config
+
+
+def _adapter(name: str, t: Table, base_dir: Path) -> AdapterConfig:
+    kind = t.text("kind", choices=ADAPTER_KINDS)
+    repository = Path(t.text("repository"))
+    d = OnnxAdapterConfig(name=name, repository=repository)
+    config = replace(
+        d,
+        repository=repository if repository.is_absolute() else base_dir / repository,
+        poll_interval_s=t.number("poll_interval_s", d.poll_interval_s, minimum=0.05),
+        intra_op_threads=t.integer("intra_op_threads", d.intra_op_threads, minimum=0),
+        inter_op_threads=t.integer("inter_op_threads", d.inter_op_threads, minimum=0),
+        batching=_batching(t.table("batching"), d.batching),
+        kind=kind,
+    )
+    t.finish()
+    return config
+
+
+def _model(name: str, t: Table, adapters: Mapping[str, AdapterConfig]) -> ModelConfig:
+    adapter = t.text("adapter")
+    if adapter not in adapters:
+        raise t.error("adapter", f"no adapter named {adapter!r} (have: "
+                      f"{', '.join(adapters) or 'none'})")
+    policy = t.text("version_policy", "latest", choices=("latest", "all", "specific"))
+    versions = t.integers("versions")
+    if policy == "specific" and not versions:
+        raise t.error("versions", "version_policy 'specific' needs a non-empty list of versions")
+    labels_table = t.table("labels")
+    labels: dict[str, Any] = {}
+    for label in list(labels_table.data):
+        labels[label] = labels_table.integer(label, minimum=1)
+    labels_table.finish()
+    batching = (_batching(t.table("batching"), adapters[adapter].batching)
+                if "batching" in t else None)
+    config = ModelConfig(
+        name=name,
+        adapter=adapter,
+        version_policy=policy,
+        latest=t.integer("latest", 1, minimum=1),
+        versions=versions,
+        labels=MappingProxyType(labels),
+        batching=batching,
+    )
+    t.finish()
+    return config

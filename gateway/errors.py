@@ -1,0 +1,91 @@
+"""Every failure the gateway reports to a client, with its HTTP status and gRPC code.
+
+Front ends render these errors in their dialect; nothing else turns errors into replies::
+
+    GatewayError                 500  INTERNAL
+    ├── BadRequest               400  INVALID_ARGUMENT   bad body, input name/dtype/shape
+    ├── Unauthenticated          401  UNAUTHENTICATED
+    ├── PermissionDenied         403  PERMISSION_DENIED
+    ├── NotFound                 404  NOT_FOUND          unknown model, version, label or path
+    ├── MethodNotAllowed         405  UNIMPLEMENTED
+    ├── Conflict                 409  ALREADY_EXISTS     creating a model that exists
+    ├── PayloadTooLarge          413  RESOURCE_EXHAUSTED
+    ├── RateLimited              429  RESOURCE_EXHAUSTED (Retry-After)
+    ├── BackendError             502  INTERNAL           the backend failed the request
+    ├── Unavailable              503  UNAVAILABLE        (Retry-After)
+    │   └── QueueFull            503  UNAVAILABLE        a batcher queue is at its bound
+    └── DeadlineExceeded         504  DEADLINE_EXCEEDED
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of all client-visible failures; `message` is safe to show to the client."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class BadRequest(GatewayError):
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class Unauthenticated(GatewayError):
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(GatewayError):
+    http_status = 403
+    grpc_code = "PERMISSION_DENIED"
+
+
+class NotFound(GatewayError):
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+
+
+class MethodNotAllowed(GatewayError):
+    http_status = 405
+    grpc_code = "UNIMPLEMENTED"
+
+
+class Conflict(GatewayError):
+    http_status = 409
+    grpc_code = "ALREADY_EXISTS"
+
+
+class PayloadTooLarge(GatewayError):
+    http_status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class RateLimited(GatewayError):
+    http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class BackendError(GatewayError):
+    http_status = 502
+    grpc_code = "INTERNAL"
+
+
+class Unavailable(GatewayError):
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+
+
+class QueueFull(Unavailable):
+    pass
+
+
+class DeadlineExceeded(GatewayError):
+    http_status = 504
+    grpc_code = "DEADLINE_EXCEEDED"

@@ -1,0 +1,1 @@
+"""The HTTP front doors (aiohttp): one module per dialect, all calling `gateway.pipeline`."""

@@ -1,0 +1,62 @@
+"""Turns every failure into a JSON `{"error": ...}` reply with the right status, logs it once
+and counts it; no traceback ever reaches a client."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.codecs import jsonio
+from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger("gateway.errors")
+METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_reply(status: int, message: str, retry_after_s: float | None = None) -> web.Response:
+    headers = {"Retry-After": str(math.ceil(retry_after_s))} if retry_after_s else None
+    return web.Response(body=jsonio.dumps({"error": message}), status=status, headers=headers,
+                        content_type="application/json")
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    error = ""
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        error = type(exc).__name__
+        log.log(logging.WARNING if exc.http_status >= 500 else logging.INFO,
+                "%s %s -> %d %s: %s", request.method, request.path, exc.http_status, error,
+                exc.message)
+        response = error_reply(exc.http_status, exc.message, exc.retry_after_s)
+    except web.HTTPRequestEntityTooLarge as exc:
+        error = PayloadTooLarge.__name__
+        response = error_reply(413, f"request body too large: {exc.text}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = type(exc).__name__
+        message = {404: f"no such endpoint: {request.path}",
+                   405: f"method {request.method} not allowed on {request.path}"}.get(
+            exc.status, exc.reason)
+        response = error_reply(exc.status, message)
+    except Exception:
+        error = "InternalError"
+        log.exception("%s %s -> 500: unhandled error", request.method, request.path)
+        response = error_reply(500, "internal error (logged by the gateway)")
+    metrics = request.app[METRICS_KEY]
+    frontend = request.get("frontend", "http")
+    model = request.get("model", "")
+    metrics.requests.labels(frontend, model, str(response.status)).inc()
+    metrics.latency.labels(frontend, model).observe(time.perf_counter() - started)
+    if error:
+        metrics.errors.labels(frontend, str(response.status), error).inc()
+    return response

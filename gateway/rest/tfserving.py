@@ -1,0 +1,67 @@
+"""TF Serving's REST API: `/v1/models/{m}[/versions/{v}|/labels/{l}]` with `:predict`,
+`/metadata` and status, so TF Serving clients can point at the gateway unchanged."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from gateway.codecs import jsonio, tfserving_json
+from gateway.errors import BadRequest, MethodNotAllowed, NotFound
+from gateway.pipeline import Pipeline
+from gateway.rest.common import context_of, json_reply, read_json
+from gateway.types import InferRequest, ModelRef
+
+FRONTEND = "tfserving"
+_PATH = re.compile(
+    r"^(?P<model>[^/:]+)"
+    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?$")
+
+
+class TfServingRoutes:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/v1/models/{tail:.+}", self.get),
+                web.post("/v1/models/{tail:.+}", self.post)]
+
+    async def get(self, request: web.Request) -> web.Response:
+        ref, metadata, verb = _parse(request)
+        if verb:
+            raise MethodNotAllowed(f":{verb} takes POST, not GET")
+        context = context_of(request, FRONTEND, ref.model)
+        if metadata:
+            document = tfserving_json.encode_metadata(
+                await self._pipeline.metadata(ref, context))
+        else:
+            document = tfserving_json.encode_status(await self._pipeline.status(ref, context))
+        return json_reply(document)
+
+    async def post(self, request: web.Request) -> web.Response:
+        ref, metadata, verb = _parse(request)
+        if metadata or not verb:
+            raise MethodNotAllowed(f"{request.path} takes GET; POST needs :predict")
+        if verb in ("classify", "regress"):
+            raise BadRequest(f"model {ref.model!r} exposes no {verb} signature: it serves "
+                             "predict only")
+        if verb != "predict":
+            raise NotFound(f"unknown verb :{verb} (predict, classify, regress)")
+        context = context_of(request, FRONTEND, ref.model)
+        body = tfserving_json.parse_predict(await read_json(request))
+        response = await self._pipeline.infer(InferRequest(
+            ref=ref, context=context, decoder=body.decode, signature_name=body.signature_name))
+        document = tfserving_json.encode_predict(response.outputs, row_format=body.row_format)
+        return json_reply(document, nonfinite=jsonio.has_nonfinite(response.outputs))
+
+
+def _parse(request: web.Request) -> tuple[ModelRef, bool, str | None]:
+    match = _PATH.match(request.match_info["tail"])
+    if match is None:
+        raise NotFound(f"no such endpoint: {request.path}")
+    ref = ModelRef(match["model"], match["version"], match["label"])
+    if ref.version is not None and not ref.version.isdigit():
+        raise NotFound(f"version must be a number, got {ref.version!r}")
+    return ref, bool(match["metadata"]), match["verb"]

@@ -1,0 +1,153 @@
+"""Reading TOML config into typed values with errors that name the file, line and key.
+
+`tomllib` keeps no positions, so `Table` finds a key's line by scanning the source for the
+key's table header and assignment; good enough to point an operator at the right line.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A config file is unreadable or invalid; the message names file, line and key."""
+
+
+class Source:
+    """A parsed TOML file and its text, for locating keys."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+        try:
+            self.data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+    @classmethod
+    def read(cls, path: Path) -> Source:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        return cls(path, text)
+
+    def root(self) -> Table:
+        return Table(self, (), self.data)
+
+    def line_of(self, keys: tuple[str, ...]) -> int | None:
+        """Best-effort 1-based line where the dotted key path is set."""
+        if not keys:
+            return None
+        best: int | None = None
+        header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?")
+        current: tuple[str, ...] = ()
+        for number, line in enumerate(self.lines, start=1):
+            match = header.match(line)
+            if match:
+                current = tuple(p.strip().strip("\"'") for p in match.group(1).split("."))
+                if current == keys and best is None:
+                    best = number
+                continue
+            assigned = re.match(r"^\s*([A-Za-z0-9_.\"'-]+)\s*=", line)
+            if not assigned:
+                continue
+            path = current + tuple(p.strip().strip("\"'") for p in assigned.group(1).split("."))
+            if path == keys[: len(path)] and len(path) >= len(current) + 1:
+                if path == keys:
+                    return number
+                best = best or number  # an inline table holds the key
+        return best
+
+
+class Table:
+    """A TOML table being read: typed getters that raise `ConfigError` naming the key."""
+
+    def __init__(self, source: Source, keys: tuple[str, ...], data: dict[str, Any]) -> None:
+        self.source = source
+        self.keys = keys
+        self.data = data
+        self._read: set[str] = set()
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        keys = self.keys + ((key,) if key else ())
+        line = self.source.line_of(keys)
+        where = f"{self.source.path}" + (f":{line}" if line else "")
+        name = ".".join(keys) or "(top level)"
+        return ConfigError(f"{where}: {name}: {message}")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data
+
+    def _get(self, key: str, kinds: tuple[type, ...], expected: str, default: Any) -> Any:
+        self._read.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise self.error(key, f"missing; expected {expected}")
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(key, f"expected {expected}, got {value!r}")
+        if not isinstance(value, kinds):
+            raise self.error(key, f"expected {expected}, got {value!r}")
+        return value
+
+    def text(self, key: str, default: Any = None, *, choices: tuple[str, ...] = ()) -> Any:
+        expected = "one of " + ", ".join(repr(c) for c in choices) if choices else "a string"
+        value = self._get(key, (str,), expected, _REQUIRED if default is None else default)
+        if choices and value not in choices:
+            raise self.error(key, f"expected {expected}, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: Any = None, *, minimum: int | None = None,
+            maximum: int | None = None) -> int:
+        value: int = self._get(key, (int,), "an integer", _REQUIRED if default is None else default)
+        self._check_range(key, value, minimum, maximum)
+        return value
+
+    def number(self, key: str, default: Any = None, *, minimum: float | None = None) -> float:
+        value = self._get(key, (int, float), "a number", _REQUIRED if default is None else default)
+        self._check_range(key, value, minimum, None)
+        return float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value: bool = self._get(key, (bool,), "true or false", default)
+        return value
+
+    def integers(self, key: str, default: tuple[int, ...] = ()) -> tuple[int, ...]:
+        value = self._get(key, (list,), "a list of integers", list(default))
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise self.error(key, f"expected a list of integers, got {value!r}")
+        return tuple(value)
+
+    def table(self, key: str) -> Table:
+        value = self._get(key, (dict,), "a table", {})
+        return Table(self.source, (*self.keys, key), value)
+
+    def tables(self) -> Iterator[tuple[str, Table]]:
+        """Every sub-table of this table, by name (for `[models.NAME]`-style sections)."""
+        for key in list(self.data):
+            yield key, self.table(key)
+
+    def finish(self) -> None:
+        """Refuse keys nobody read: a typo must not be silently ignored."""
+        unknown = sorted(set(self.data) - self._read)
+        if unknown:
+            known = ", ".join(sorted(self._read)) or "none"
+            raise self.error(unknown[0], f"unknown key (known keys here: {known})")
+
+    def _check_range(self, key: str, value: float, minimum: float | None,
+                     maximum: float | None) -> None:
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"expected a value >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"expected a value <= {maximum}, got {value}")
+
+
+_REQUIRED = object()

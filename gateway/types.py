@@ -1,0 +1,101 @@
+"""The internal request, reply and model descriptions every front end and adapter share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gateway.dtypes import DType
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A model input or output: name, element type, and shape with -1 for dynamic dims."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    version: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.inputs if s.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatus:
+    """One version's lifecycle state, named as TF Serving names them."""
+
+    version: str
+    state: str  # START, LOADING, AVAILABLE, UNLOADING, END
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """Which model a client asked for: a version or a label (or neither: the default)."""
+
+    model: str
+    version: str | None = None
+    label: str | None = None
+
+
+@dataclass(slots=True)
+class Principal:
+    """Who is calling, after authentication. Anonymous when auth is off."""
+
+    subject: str = "anonymous"
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Facts about the call that travel with it: headers, deadline, caller, front door."""
+
+    frontend: str
+    headers: Mapping[str, str]
+    deadline: float  # time.monotonic() seconds
+    principal: Principal = field(default_factory=Principal)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+#: Turns a request body into tensors once the target model's signature is known (TF Serving's
+#: JSON carries no dtypes: they come from the signature).
+InputDecoder = Callable[[ModelMetadata], Tensors]
+
+
+@dataclass(slots=True)
+class InferRequest:
+    ref: ModelRef
+    context: RequestContext
+    inputs: Tensors = field(default_factory=dict)
+    decoder: InputDecoder | None = None
+    outputs: tuple[str, ...] | None = None  # requested outputs; None means all
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    signature_name: str | None = None
+    id: str | None = None
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model: str
+    version: str
+    outputs: Tensors
+    variant: str | None = None
+    id: str | None = None
