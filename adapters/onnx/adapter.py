@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from adapters.batching import DynamicBatcher
 from adapters.onnx.repository import MODEL_NAME, ModelRepository, VersionFile, wanted_versions
-from adapters.onnx.session import LoadedSession, ModelLoadError, load_session
+from adapters.onnx.session import LoadedSession, ModelLoadError, as_text, load_session
 from gateway.config import ModelConfig, OnnxAdapterConfig
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.signatures import check_inputs, check_outputs
@@ -91,7 +91,8 @@ class OnnxAdapter:
         name, version = self._resolve(request.ref)
         check_inputs(version.metadata, request.inputs)
         check_outputs(version.metadata, request.outputs)
-        outputs = await version.batcher.submit(request.inputs, request.context.deadline)
+        inputs = {name: as_text(name, array) for name, array in request.inputs.items()}
+        outputs = await version.batcher.submit(inputs, request.context.deadline)
         if request.outputs:
             outputs = {n: outputs[n] for n in request.outputs}
         return InferResponse(model=name, version=str(version.file.version), outputs=outputs)
@@ -104,8 +105,12 @@ class OnnxAdapter:
         model = self._model(ref.model)
         if ref.version is None and ref.label is None:
             return [model.status[v] for v in sorted(model.status)]
-        _, version = self._resolve(ref)
-        return [model.status[version.file.version]]
+        number = model.config.labels.get(ref.label) if ref.label else (
+            int(ref.version) if ref.version and ref.version.isdigit() else None)
+        if number not in model.status:
+            what = f"label {ref.label!r}" if ref.label else f"version {ref.version}"
+            raise NotFound(f"model {ref.model!r} has no {what}")
+        return [model.status[number]]
 
     def _model(self, name: str) -> _Model:
         model = self._models.get(name)

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from gateway import dtypes
+from gateway.errors import BadRequest
 from gateway.types import Tensors, TensorSpec
 
 
@@ -30,8 +31,7 @@ class LoadedSession:
         return all(s.shape and s.shape[0] < 0 for s in self.inputs + self.outputs)
 
     def run(self, feeds: Tensors) -> Tensors:
-        """Blocking; call off the event loop."""
-        feeds = {name: _to_onnx(array) for name, array in feeds.items()}
+        """Blocking; call off the event loop. String inputs must already be text (`as_text`)."""
         values = self.session.run(self.output_names, feeds)
         return {name: _from_onnx(value, spec) for name, value, spec
                 in zip(self.output_names, values, self.outputs, strict=True)}
@@ -78,20 +78,27 @@ def _zeros(spec: TensorSpec) -> np.ndarray:
     return np.zeros(shape, dtype=spec.dtype.numpy)
 
 
-_TO_TEXT = np.vectorize(lambda b: b.decode("utf-8", "surrogateescape"), otypes=[object])
-_TO_BYTES = np.vectorize(lambda s: s.encode("utf-8", "surrogateescape"), otypes=[object])
+_TO_BYTES = np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])
 
 
-def _to_onnx(array: np.ndarray) -> np.ndarray:
-    if array.dtype == dtypes.BYTES_NUMPY:  # ONNX strings are text; keep odd bytes lossless
-        return _TO_TEXT(array)  # type: ignore[no-any-return]
-    return array
+def as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's Python binding takes strings as `str`: BYTES inputs must be UTF-8."""
+    if array.dtype != dtypes.BYTES_NUMPY:
+        return array
+    text = np.empty(array.shape, dtype=object)
+    try:
+        for index, value in np.ndenumerate(array):
+            text[index] = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"input {name!r}: ONNX string tensors hold UTF-8 text; element "
+                         f"{list(index)} is not valid UTF-8") from None
+    return text
 
 
 def _from_onnx(value: Any, spec: TensorSpec) -> np.ndarray:
     array = np.asarray(value)
     if spec.dtype.is_bytes:
-        return _TO_BYTES(array)  # type: ignore[no-any-return]
+        return _TO_BYTES(array) if array.size else array.astype(object)
     return array
 
 

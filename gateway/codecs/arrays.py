@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,10 @@ def to_array(value: Any, dtype: DType, name: str) -> np.ndarray:
         raise BadRequest(f"input {name!r}: ragged nested lists (rows differ in length)") from None
     target = dtype.numpy
     kind = "V" if target.kind == "V" else target.kind  # bfloat16 is a 'V' kind in numpy
+    if kind in "iu" and natural.dtype.kind in "fO" and natural.size:
+        wide = _wide_integers(value, natural.shape, dtype, name)
+        if wide is not None:
+            return wide
     if natural.size and natural.dtype.kind not in _ACCEPTS.get(kind, ""):
         raise BadRequest(f"input {name!r}: expected {dtype.v2} ({_KIND_WORDS[kind]}), got "
                          f"{_describe(natural)}")
@@ -36,12 +41,40 @@ def to_array(value: Any, dtype: DType, name: str) -> np.ndarray:
         info = np.iinfo(target)
         if natural.min() < info.min or natural.max() > info.max:
             raise BadRequest(f"input {name!r}: values out of range for {dtype.v2}")
-    return natural.astype(target, copy=False)
+    with np.errstate(over="ignore"):  # overflow to infinity is refused just below
+        array = natural.astype(target, copy=False)
+    if kind in "fV" and array.dtype != natural.dtype and not np.isfinite(array).all() and \
+            (np.isinf(array) & np.isfinite(natural)).any():
+        raise BadRequest(f"input {name!r}: values out of range for {dtype.v2}")
+    return array
+
+
+def _wide_integers(value: Any, shape: tuple[int, ...], dtype: DType,
+                   name: str) -> np.ndarray | None:
+    """JSON integers that numpy cannot hold in one int64 or uint64 array, so it made them
+    floats or objects ([0, 2**64 - 1], [-1, 2**63]); None if they are not all integers."""
+    flat = list(_leaves(value))
+    if not all(type(v) is int for v in flat):
+        return None
+    info = np.iinfo(dtype.numpy)
+    if min(flat) < info.min or max(flat) > info.max:
+        raise BadRequest(f"input {name!r}: values out of range for {dtype.v2}")
+    return np.array(flat, dtype=dtype.numpy).reshape(shape)
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, list):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
 
 
 def from_array(array: np.ndarray, *, b64: bool = False) -> Any:
     """An array as a JSON-ready value (numeric arrays stay arrays: `jsonio.dumps` writes them,
     float32 in its shortest form); bytes as UTF-8 text, or `{"b64": ...}` objects."""
+    if array.dtype.kind in "US":  # text arrays count as BYTES (see `dtypes.of_array`)
+        array = array.astype(object)
     if array.dtype == dtypes.BYTES_NUMPY:
         encode = _b64_object if b64 else _text
         return np.vectorize(encode, otypes=[object])(array).tolist() if array.size else \
@@ -103,9 +136,10 @@ def _describe(natural: np.ndarray) -> str:
             "U": "strings", "O": "mixed values (objects, strings or nulls)"}.get(kind, str(kind))
 
 
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", "replace")
+def _text(value: bytes | str) -> str:
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
-def _b64_object(value: bytes) -> dict[str, str]:
-    return {"b64": base64.b64encode(value).decode()}
+def _b64_object(value: bytes | str) -> dict[str, str]:
+    raw = value.encode() if isinstance(value, str) else value
+    return {"b64": base64.b64encode(raw).decode()}

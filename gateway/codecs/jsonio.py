@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway import dtypes
 from gateway.errors import BadRequest
 from gateway.types import Tensors
 
@@ -33,9 +34,14 @@ def dumps(document: Any, *, nonfinite: bool = False) -> bytes:
 
 def _tolist(value: Any) -> Any:
     if isinstance(value, np.ndarray | np.generic):
+        if value.dtype.kind == "f" and value.dtype.itemsize < 8:
+            # float32/float16 in their own shortest form (0.1, not 0.10000000149011612) as
+            # orjson writes them: numpy's str() is shortest-round-trip for the value's type
+            return np.asarray(value).astype(str).astype(np.float64).tolist()
         return value.tolist()
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 def has_nonfinite(tensors: Tensors) -> bool:
-    return any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in tensors.values())
+    return any((a.dtype.kind == "f" or a.dtype == dtypes.BY_V2["BF16"].numpy)
+               and not np.isfinite(a).all() for a in tensors.values())

@@ -94,7 +94,7 @@ def encode_predict(outputs: Tensors, *, row_format: bool) -> dict[str, Any]:
         return {"outputs": json_values}
     if len(json_values) == 1:
         return {"predictions": next(iter(json_values.values()))}
-    rows = {len(v) if isinstance(v, list) else -1 for v in json_values.values()}
+    rows = {a.shape[0] if a.ndim else -1 for a in outputs.values()}
     if len(rows) != 1 or -1 in rows:
         raise GatewayError("outputs differ in batch size, so they cannot be returned as "
                            "'predictions' rows; use the columnar 'inputs' format")

@@ -55,7 +55,8 @@ def decode_tensor(tensor: Any, index: int) -> tuple[str, np.ndarray]:
     if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
         raise BadRequest(f"inputs[{index}] must be an object with a 'name'")
     name = tensor["name"]
-    datatype = dtypes.BY_V2.get(tensor.get("datatype"))  # type: ignore[arg-type]
+    datatype_name = tensor.get("datatype")
+    datatype = dtypes.BY_V2.get(datatype_name) if isinstance(datatype_name, str) else None
     if datatype is None:
         raise BadRequest(f"input {name!r}: unknown datatype {tensor.get('datatype')!r} "
                          f"(one of {', '.join(dtypes.BY_V2)})")

@@ -14,6 +14,8 @@ from gateway.types import RequestContext
 
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 CONFIG_KEY = web.AppKey("server_config", ServerConfig)
+FRONTEND_KEY = web.RequestKey("frontend", str)
+MODEL_KEY = web.RequestKey("model", str)
 
 
 def context_of(request: web.Request, frontend: str, model: str | None = None) -> RequestContext:
@@ -26,9 +28,9 @@ def context_of(request: web.Request, frontend: str, model: str | None = None) ->
             timeout_ms = min(timeout_ms, float(asked))
         except ValueError:
             raise BadRequest(f"{TIMEOUT_HEADER} must be a number of milliseconds") from None
-    request["frontend"] = frontend
+    request[FRONTEND_KEY] = frontend
     if model is not None:
-        request["model"] = model
+        request[MODEL_KEY] = model
     return RequestContext(frontend=frontend, headers=request.headers,
                           deadline=time.monotonic() + timeout_ms / 1000.0)
 

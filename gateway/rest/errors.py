@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.codecs import jsonio
 from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.metrics import GatewayMetrics
+from gateway.rest.common import FRONTEND_KEY, MODEL_KEY
 
 log = logging.getLogger("gateway.errors")
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
@@ -53,8 +54,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         log.exception("%s %s -> 500: unhandled error", request.method, request.path)
         response = error_reply(500, "internal error (logged by the gateway)")
     metrics = request.app[METRICS_KEY]
-    frontend = request.get("frontend", "http")
-    model = request.get("model", "")
+    frontend = request.get(FRONTEND_KEY, "http")
+    model = request.get(MODEL_KEY, "")
     metrics.requests.labels(frontend, model, str(response.status)).inc()
     metrics.latency.labels(frontend, model).observe(time.perf_counter() - started)
     if error:

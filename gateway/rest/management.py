@@ -10,7 +10,7 @@ from aiohttp import BodyPartReader, web
 from gateway.codecs import jsonio, tfserving_json, v2_json
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge
 from gateway.pipeline import Pipeline
-from gateway.rest.common import CONFIG_KEY, context_of, json_reply, read_body, read_json
+from gateway.rest.common import CONFIG_KEY, MODEL_KEY, context_of, json_reply, read_body, read_json
 from gateway.types import InferRequest, ModelRef, VersionStatus
 
 FRONTEND = "models"
@@ -54,7 +54,7 @@ class ManagementRoutes:
         name, data = await _upload(request)
         if not name:
             raise BadRequest("name the model: ?name=NAME or a 'name' form field")
-        request["model"] = name
+        request[MODEL_KEY] = name
         store = await self._pipeline.model_store(context, name)
         status = await store.create_model(name, data)
         return json_reply(_uploaded(name, status), status=201)

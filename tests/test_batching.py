@@ -1,0 +1,215 @@
+"""DynamicBatcher: batched results equal unbatched ones, and the scheduling promises hold."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adapters.batching import DynamicBatcher
+from adapters.onnx.session import load_session
+from gateway.config import BatchingConfig
+from gateway.errors import BackendError, DeadlineExceeded, QueueFull, Unavailable
+from gateway.types import Tensors
+from tests.onnx_models import demo_bytes
+from tests.waiting import wait_until
+
+FAR = 1e12  # a deadline nobody reaches
+
+
+def rowwise(feeds: Tensors) -> Tensors:
+    """A model whose every output row depends only on its input row."""
+    x = feeds["x"]
+    return {"y": x * 2.0 + 1.0, "s": x.sum(axis=tuple(range(1, x.ndim))).reshape(-1, 1)}
+
+
+class GatedRun:
+    """A run function that records each batch and can hold executors until released."""
+
+    def __init__(self, fn: Callable[[Tensors], Tensors] = rowwise) -> None:
+        self.fn = fn
+        self.batches: list[Tensors] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, feeds: Tensors) -> Tensors:
+        self.batches.append(feeds)
+        self.entered.set()
+        self.gate.wait(10)
+        return self.fn(feeds)
+
+
+def requests_strategy() -> st.SearchStrategy[list[int]]:
+    return st.lists(st.integers(min_value=0, max_value=6), min_size=1, max_size=24)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=requests_strategy(), max_batch=st.integers(1, 9), slots=st.integers(1, 3),
+       delay=st.sampled_from([0.0, 0.5]), order=st.randoms(use_true_random=False))
+def test_batched_equals_unbatched(rows: list[int], max_batch: int, slots: int, delay: float,
+                                  order: object) -> None:
+    rng = np.random.default_rng(len(rows) * 31 + max_batch)
+    payloads = [rng.standard_normal((n, 3)).astype(np.float32) for n in rows]
+    arrival = list(range(len(rows)))
+    order.shuffle(arrival)  # type: ignore[attr-defined]
+
+    async def scenario() -> list[Tensors]:
+        batcher = DynamicBatcher(rowwise, BatchingConfig(
+            max_batch_size=max_batch, max_queue_delay_ms=delay, max_queue_size=1000,
+            concurrent_batches=slots), name="prop")
+        tasks: dict[int, asyncio.Task[Tensors]] = {}
+        for i in arrival:
+            tasks[i] = asyncio.create_task(batcher.submit({"x": payloads[i]}, FAR))
+            if i % 3 == 0:
+                await asyncio.sleep(0)  # let some batches start between arrivals
+        results = [await tasks[i] for i in range(len(rows))]
+        await batcher.close()
+        return results
+
+    results = asyncio.run(scenario())
+    for payload, result in zip(payloads, results, strict=True):
+        expected = rowwise({"x": payload})
+        assert result["y"].shape == expected["y"].shape
+        np.testing.assert_array_equal(result["y"], expected["y"])
+        np.testing.assert_allclose(result["s"], expected["s"], rtol=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.lists(st.integers(1, 5), min_size=1, max_size=12))
+def test_batched_equals_unbatched_on_onnx_runtime(rows: list[int]) -> None:
+    session = load_session(demo_bytes(), intra_op_threads=1, inter_op_threads=1)
+    rng = np.random.default_rng(sum(rows))
+    payloads = [rng.standard_normal((n, 4)).astype(np.float32) for n in rows]
+
+    async def scenario() -> list[Tensors]:
+        batcher = DynamicBatcher(session.run, BatchingConfig(max_batch_size=16), name="demo")
+        results = await asyncio.gather(*(batcher.submit({"x": p}, FAR) for p in payloads))
+        await batcher.close()
+        return list(results)
+
+    for payload, result in zip(payloads, asyncio.run(scenario()), strict=True):
+        alone = session.run({"x": payload})
+        np.testing.assert_allclose(result["probabilities"], alone["probabilities"], rtol=1e-6)
+
+
+async def test_idle_batcher_starts_at_once_despite_queue_delay() -> None:
+    run = GatedRun()
+    batcher = DynamicBatcher(run, BatchingConfig(max_queue_delay_ms=60_000,
+                                                 concurrent_batches=2), name="idle")
+    async with asyncio.timeout(5):  # would hang for a minute if it waited for the delay
+        result = await batcher.submit({"x": np.ones((1, 2), np.float32)}, FAR)
+    assert result["y"].tolist() == [[3.0, 3.0]]
+    await batcher.close()
+
+
+async def test_requests_arriving_while_busy_form_the_next_batch() -> None:
+    run = GatedRun()
+    run.gate.clear()
+    batcher = DynamicBatcher(run, BatchingConfig(max_batch_size=8), name="busy")
+    first = asyncio.create_task(batcher.submit({"x": np.zeros((1, 2), np.float32)}, FAR))
+    await wait_until(run.entered.is_set)
+    rest = [asyncio.create_task(batcher.submit({"x": np.full((2, 2), i, np.float32)}, FAR))
+            for i in range(4)]
+    await wait_until(lambda: batcher.depth == 4)
+    run.gate.set()
+    await asyncio.gather(first, *rest)
+    assert [b["x"].shape[0] for b in run.batches] == [1, 8]
+    for i, task in enumerate(rest):
+        assert task.result()["y"].tolist() == [[2 * i + 1] * 2] * 2
+    await batcher.close()
+
+
+async def test_different_inner_shapes_are_never_mixed() -> None:
+    run = GatedRun(lambda feeds: {"y": feeds["x"].copy()})
+    run.gate.clear()
+    batcher = DynamicBatcher(run, BatchingConfig(max_batch_size=32), name="shapes")
+    blocker = asyncio.create_task(batcher.submit({"x": np.zeros((1, 2), np.float32)}, FAR))
+    await wait_until(run.entered.is_set)
+    shapes = [(1, 2), (1, 3), (2, 2), (1, 3), (1, 2)]
+    tasks = [asyncio.create_task(batcher.submit({"x": np.ones(s, np.float32)}, FAR))
+             for s in shapes]
+    await wait_until(lambda: batcher.depth == len(shapes))
+    run.gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert sorted(b["x"].shape for b in run.batches[1:]) == [(2, 3), (4, 2)]
+    assert [t.result()["y"].shape for t in tasks] == shapes
+    await batcher.close()
+
+
+async def test_expired_request_is_dropped_before_compute() -> None:
+    run = GatedRun()
+    run.gate.clear()
+    batcher = DynamicBatcher(run, BatchingConfig(), name="expiry")
+    blocker = asyncio.create_task(batcher.submit({"x": np.zeros((1, 2), np.float32)}, FAR))
+    await wait_until(run.entered.is_set)
+    # Queued while the executor is busy; its deadline passes before an executor frees up.
+    expired = asyncio.create_task(batcher.submit({"x": np.full((1, 2), 7, np.float32)},
+                                                 time.monotonic() - 0.001))
+    live = asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, FAR))
+    await wait_until(lambda: batcher.depth == 2)
+    run.gate.set()
+    with pytest.raises(DeadlineExceeded, match="dropped before compute"):
+        await expired
+    await asyncio.gather(blocker, live)
+    assert all(7 not in b["x"] for b in run.batches)
+    await batcher.close()
+
+
+async def test_full_queue_refuses_at_once_with_retry_after() -> None:
+    run = GatedRun()
+    run.gate.clear()
+    batcher = DynamicBatcher(run, BatchingConfig(max_queue_size=2), name="full")
+    tasks = [asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, FAR))]
+    await wait_until(run.entered.is_set)
+    tasks += [asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, FAR))
+              for _ in range(2)]
+    await wait_until(lambda: batcher.depth == 2)
+    with pytest.raises(QueueFull) as refused:
+        await batcher.submit({"x": np.ones((1, 2), np.float32)}, FAR)
+    assert refused.value.retry_after_s and refused.value.http_status == 503
+    run.gate.set()
+    await asyncio.gather(*tasks)
+    await batcher.close()
+
+
+async def test_a_failing_batch_fails_only_its_own_requests() -> None:
+    def fragile(feeds: Tensors) -> Tensors:
+        if (feeds["x"] < 0).any():
+            raise RuntimeError("negative input")
+        return rowwise(feeds)
+
+    run = GatedRun(fragile)
+    run.gate.clear()
+    batcher = DynamicBatcher(run, BatchingConfig(max_batch_size=2), name="fragile")
+    tasks = [asyncio.create_task(batcher.submit({"x": np.full((1, 1), v, np.float32)}, FAR))
+             for v in (1, -1, 2, 3, 4)]  # batches: [1], [-1, 2], [3, 4]
+    await wait_until(lambda: batcher.depth == 4)
+    run.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [type(r).__name__ for r in results] == [
+        "dict", "BackendError", "BackendError", "dict", "dict"]
+    assert isinstance(results[1], BackendError) and "negative input" in results[1].message
+    await batcher.close()
+
+
+async def test_close_finishes_queued_requests_then_refuses() -> None:
+    run = GatedRun()
+    run.gate.clear()
+    batcher = DynamicBatcher(run, BatchingConfig(max_batch_size=1), name="drain")
+    tasks = [asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, FAR))
+             for _ in range(3)]
+    await wait_until(lambda: run.entered.is_set() and batcher.depth == 2)
+    closing = asyncio.create_task(batcher.close())
+    await asyncio.sleep(0)
+    with pytest.raises(Unavailable):
+        await batcher.submit({"x": np.ones((1, 2), np.float32)}, FAR)
+    run.gate.set()
+    await closing
+    assert all(t.result()["y"].shape == (1, 2) for t in tasks)
