@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,7 +122,7 @@ def _collect_bytes(value: Any, name: str, out: list[bytes]) -> None:
     elif isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
         try:
             out.append(base64.b64decode(value["b64"], validate=True))
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or non-ASCII text
             raise BadRequest(f"input {name!r}: invalid base64 in {{\"b64\": ...}}") from None
     else:
         raise BadRequest(f"input {name!r}: expected BYTES (strings or {{\"b64\": ...}}), got "

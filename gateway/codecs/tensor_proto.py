@@ -1,0 +1,91 @@
+"""TensorFlow's `TensorProto` to numpy and back, without TensorFlow.
+
+Numeric tensors travel as `tensor_content` (raw little-endian bytes, the fast path); on the way
+in the typed `*_val` fields are read too, including TF's rule that a single value fills the
+whole shape. Strings travel as `string_val`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gateway import dtypes
+from gateway.dtypes import DType
+from gateway.errors import BadRequest
+from protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+TensorProto = tensor_pb2.TensorProto
+
+# Which repeated field carries each dtype's values when `tensor_content` is empty.
+_VALUE_FIELD = {
+    "DT_FLOAT": "float_val", "DT_DOUBLE": "double_val", "DT_INT32": "int_val",
+    "DT_INT16": "int_val", "DT_INT8": "int_val", "DT_UINT8": "int_val", "DT_UINT16": "int_val",
+    "DT_INT64": "int64_val", "DT_BOOL": "bool_val", "DT_STRING": "string_val",
+    "DT_HALF": "half_val", "DT_BFLOAT16": "half_val", "DT_UINT32": "uint32_val",
+    "DT_UINT64": "uint64_val",
+}
+
+
+def dtype_of(enum_value: int, name: str) -> DType:
+    tf_name = types_pb2.DataType.Name(enum_value) if enum_value in types_pb2.DataType.values() \
+        else str(enum_value)
+    dtype = dtypes.BY_TF.get(tf_name)
+    if dtype is None:
+        raise BadRequest(f"tensor {name!r}: unsupported dtype {tf_name}")
+    return dtype
+
+
+def to_array(proto: tensor_pb2.TensorProto, name: str) -> np.ndarray:
+    dtype = dtype_of(proto.dtype, name)
+    shape = tuple(d.size for d in proto.tensor_shape.dim)
+    if any(d < 0 for d in shape):
+        raise BadRequest(f"tensor {name!r}: shape {list(shape)} has unknown dims")
+    count = math.prod(shape)
+    if dtype.is_bytes:
+        values = list(proto.string_val)
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return _fill(array, count, shape, name)
+    if proto.tensor_content:
+        expected = count * dtype.numpy.itemsize
+        if len(proto.tensor_content) != expected:
+            raise BadRequest(f"tensor {name!r}: tensor_content has {len(proto.tensor_content)} "
+                             f"bytes, shape {list(shape)} of {dtype.tf} needs {expected}")
+        return np.frombuffer(proto.tensor_content, dtype=dtype.numpy).reshape(shape)
+    field = _VALUE_FIELD[dtype.tf]
+    raw = getattr(proto, field)
+    if field == "half_val":  # 16-bit floats travel as their bit patterns in int32s
+        array = np.asarray(raw, dtype=np.uint16).view(dtype.numpy)
+    else:
+        array = np.asarray(raw, dtype=dtype.numpy)
+    return _fill(array, count, shape, name)
+
+
+def _fill(values: np.ndarray, count: int, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if values.size == count:
+        return values.reshape(shape)
+    if values.size == 1:  # TF fills the whole tensor with a lone value
+        return np.full(shape, values[0], dtype=values.dtype)
+    raise BadRequest(f"tensor {name!r}: {values.size} values for shape {list(shape)} "
+                     f"({count} elements)")
+
+
+def from_array(array: np.ndarray) -> tensor_pb2.TensorProto:
+    dtype = dtypes.of_array(array)
+    proto = tensor_pb2.TensorProto(
+        dtype=types_pb2.DataType.Value(dtype.tf),
+        tensor_shape=shape_proto(array.shape))
+    if dtype.is_bytes:
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode()
+                                for v in array.reshape(-1))
+    else:
+        proto.tensor_content = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")
+                                                    ).tobytes()
+    return proto
+
+
+def shape_proto(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:
+    return tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape])
