@@ -8,9 +8,11 @@ from aiohttp import web
 
 from adapters.base import Adapter, ModelStore
 from adapters.onnx import OnnxAdapter
+from adapters.tfserving import TfServingAdapter
 from gateway.auth import AnonymousAuthenticator
 from gateway.authz import AllowAll
-from gateway.config import GatewayConfig
+from gateway.config import AdapterConfig, GatewayConfig, ModelConfig, OnnxAdapterConfig
+from gateway.grpc.server import GrpcServer
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.ratelimit import Unlimited
@@ -22,7 +24,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.adapters: dict[str, Adapter] = {
-            name: OnnxAdapter(adapter, config.models_of(name))
+            name: _build_adapter(adapter, config.models_of(name))
             for name, adapter in config.adapters.items()}
         router = RouteTable({m.name: self.adapters[m.adapter] for m in config.models.values()},
                             list(self.adapters.values()))
@@ -45,13 +47,24 @@ class Gateway:
                 reasons.append(f"{name}: {why}")
         return not reasons, "; ".join(reasons) or "ok"
 
+    def grpc_server(self) -> GrpcServer:
+        return GrpcServer(self.pipeline, self.config.server, self.readiness, self.metrics)
+
     def http_app(self) -> web.Application:
         app = build_http_app(self.pipeline, self.config.server, self.readiness, self.metrics)
 
         async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
+            # Adapters live as long as the HTTP app; the gRPC server starts after and stops
+            # before it, so both front doors share one set of adapters.
             await self.start()
             yield
             await self.close()
 
         app.cleanup_ctx.append(lifecycle)
         return app
+
+
+def _build_adapter(config: AdapterConfig, models: dict[str, ModelConfig]) -> Adapter:
+    if isinstance(config, OnnxAdapterConfig):
+        return OnnxAdapter(config, models)
+    return TfServingAdapter(config, models)

@@ -69,12 +69,16 @@ async def serve_forever(config: GatewayConfig) -> None:
     await site.start()
     for host, port in bound_addresses(runner):
         log.info("listening on http://%s:%d", host, port)
+    grpc_server = gateway.grpc_server()
+    grpc_port = await grpc_server.start()
+    log.info("listening on grpc://%s:%d", config.server.host, grpc_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: finishing in-flight requests")
+    await grpc_server.stop()
     await runner.cleanup()
 
 

@@ -13,7 +13,7 @@ from gateway.tomlconfig import ConfigError, Source, Table
 __all__ = ["BatchingConfig", "ConfigError", "GatewayConfig", "ModelConfig", "ServerConfig",
            "load_config"]
 
-ADAPTER_KINDS = ("onnx",)
+ADAPTER_KINDS = ("onnx", "tfserving")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,19 @@ class OnnxAdapterConfig:
     kind: str = "onnx"
 
 
-AdapterConfig = OnnxAdapterConfig
+@dataclass(frozen=True)
+class TfServingAdapterConfig:
+    """TF Serving backends over gRPC; requests balance across `endpoints`."""
+
+    name: str
+    endpoints: tuple[str, ...]
+    max_message_bytes: int = 64 * 1024 * 1024
+    keepalive_time_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    kind: str = "tfserving"
+
+
+AdapterConfig = OnnxAdapterConfig | TfServingAdapterConfig
 
 
 @dataclass(frozen=True)
@@ -123,19 +135,40 @@ def _batching(t: Table, base: BatchingConfig) -> BatchingConfig:
 
 def _adapter(name: str, t: Table, base_dir: Path) -> AdapterConfig:
     kind = t.text("kind", choices=ADAPTER_KINDS)
+    config = (_onnx_adapter(name, t, base_dir) if kind == "onnx"
+              else _tfserving_adapter(name, t))
+    t.finish()
+    return config
+
+
+def _onnx_adapter(name: str, t: Table, base_dir: Path) -> OnnxAdapterConfig:
     repository = Path(t.text("repository"))
     d = OnnxAdapterConfig(name=name, repository=repository)
-    config = replace(
+    return replace(
         d,
         repository=repository if repository.is_absolute() else base_dir / repository,
         poll_interval_s=t.number("poll_interval_s", d.poll_interval_s, minimum=0.05),
         intra_op_threads=t.integer("intra_op_threads", d.intra_op_threads, minimum=0),
         inter_op_threads=t.integer("inter_op_threads", d.inter_op_threads, minimum=0),
         batching=_batching(t.table("batching"), d.batching),
-        kind=kind,
     )
-    t.finish()
-    return config
+
+
+def _tfserving_adapter(name: str, t: Table) -> TfServingAdapterConfig:
+    endpoints = t.texts("endpoints")
+    if not endpoints:
+        raise t.error("endpoints", "expected a non-empty list of \"host:port\" strings")
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise t.error("endpoints", f"expected \"host:port\", got {endpoint!r}")
+    d = TfServingAdapterConfig(name=name, endpoints=endpoints)
+    return replace(
+        d,
+        max_message_bytes=t.integer("max_message_bytes", d.max_message_bytes, minimum=1024),
+        keepalive_time_s=t.number("keepalive_time_s", d.keepalive_time_s, minimum=1),
+        connect_timeout_s=t.number("connect_timeout_s", d.connect_timeout_s, minimum=0.01),
+    )
 
 
 def _model(name: str, t: Table, adapters: Mapping[str, AdapterConfig]) -> ModelConfig:
@@ -152,8 +185,13 @@ def _model(name: str, t: Table, adapters: Mapping[str, AdapterConfig]) -> ModelC
     for label in list(labels_table.data):
         labels[label] = labels_table.integer(label, minimum=1)
     labels_table.finish()
-    batching = (_batching(t.table("batching"), adapters[adapter].batching)
-                if "batching" in t else None)
+    batching = None
+    if "batching" in t:
+        backend = adapters[adapter]
+        if not isinstance(backend, OnnxAdapterConfig):
+            raise t.error("batching", f"adapter {adapter!r} ({backend.kind}) batches itself; "
+                          "batching applies to onnx adapters")
+        batching = _batching(t.table("batching"), backend.batching)
     config = ModelConfig(
         name=name,
         adapter=adapter,

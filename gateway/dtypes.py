@@ -48,6 +48,7 @@ _ALL = (
 BY_V2 = {d.v2: d for d in _ALL}
 BY_ONNX = {d.onnx: d for d in _ALL}
 BY_NUMPY = {d.numpy: d for d in _ALL}
+BY_TF = {d.tf: d for d in _ALL}
 BYTES = BY_V2["BYTES"]
 
 

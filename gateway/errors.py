@@ -89,3 +89,23 @@ class QueueFull(Unavailable):
 class DeadlineExceeded(GatewayError):
     http_status = 504
     grpc_code = "DEADLINE_EXCEEDED"
+
+
+_FROM_BACKEND_CODE: dict[str, type[GatewayError]] = {
+    "INVALID_ARGUMENT": BadRequest,
+    "FAILED_PRECONDITION": BadRequest,
+    "OUT_OF_RANGE": BadRequest,
+    "NOT_FOUND": NotFound,
+    "UNAVAILABLE": Unavailable,
+    "RESOURCE_EXHAUSTED": Unavailable,
+    "DEADLINE_EXCEEDED": DeadlineExceeded,
+}
+
+
+def from_backend_code(code: str, message: str) -> GatewayError:
+    """A backend's gRPC failure as ours: the caller's mistakes keep their class, the backend's
+    own (auth, internal) become 502, since the caller cannot fix them."""
+    error = _FROM_BACKEND_CODE.get(code, BackendError)(message)
+    if isinstance(error, Unavailable):
+        error.retry_after_s = 1
+    return error

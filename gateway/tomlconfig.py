@@ -126,6 +126,12 @@ class Table:
             raise self.error(key, f"expected a list of integers, got {value!r}")
         return tuple(value)
 
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self._get(key, (list,), "a list of strings", [])
+        if not all(isinstance(v, str) for v in value):
+            raise self.error(key, f"expected a list of strings, got {value!r}")
+        return tuple(value)
+
     def table(self, key: str) -> Table:
         value = self._get(key, (dict,), "a table", {})
         return Table(self.source, (*self.keys, key), value)

@@ -47,11 +47,13 @@ class VersionStatus:
 
 @dataclass(frozen=True, slots=True)
 class ModelRef:
-    """Which model a client asked for: a version or a label (or neither: the default)."""
+    """Which model a client asked for: a version or a label (or neither: the default), and
+    for TF Serving backends which signature."""
 
     model: str
     version: str | None = None
     label: str | None = None
+    signature: str | None = None
 
 
 @dataclass(slots=True)
@@ -88,7 +90,6 @@ class InferRequest:
     decoder: InputDecoder | None = None
     outputs: tuple[str, ...] | None = None  # requested outputs; None means all
     parameters: Mapping[str, Any] = field(default_factory=dict)
-    signature_name: str | None = None
     id: str | None = None
 
 

@@ -8,7 +8,7 @@ from gateway.codecs.tensor_proto import dtype_of, shape_proto
 from gateway.errors import NotFound
 from gateway.types import ModelMetadata, ModelRef, TensorSpec, VersionStatus
 from protos.tensorflow.core.framework import types_pb2
-from protos.tensorflow.core.protobuf import meta_graph_pb2
+from protos.tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 from protos.tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 from protos.tensorflow_serving.util import status_pb2
 
@@ -94,6 +94,7 @@ def status_response(statuses: list[VersionStatus]) -> get_model_status_pb2.GetMo
     for status in statuses:
         response.model_version_status.append(get_model_status_pb2.ModelVersionStatus(
             version=int(status.version), state=_STATE_NAMES.Value(status.state),
-            status=status_pb2.StatusProto(error_code=2 if status.error else 0,
-                                          error_message=status.error)))
+            status=status_pb2.StatusProto(
+                error_code=error_codes_pb2.UNKNOWN if status.error else error_codes_pb2.OK,
+                error_message=status.error)))
     return response

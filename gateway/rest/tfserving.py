@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -52,7 +53,8 @@ class TfServingRoutes:
         context = context_of(request, FRONTEND, ref.model)
         body = tfserving_json.parse_predict(await read_json(request))
         response = await self._pipeline.infer(InferRequest(
-            ref=ref, context=context, decoder=body.decode, signature_name=body.signature_name))
+            ref=replace(ref, signature=body.signature_name), context=context,
+            decoder=body.decode))
         document = tfserving_json.encode_predict(response.outputs, row_format=body.row_format)
         return json_reply(document, nonfinite=jsonio.has_nonfinite(response.outputs))
 

@@ -1,0 +1,119 @@
+"""`TfServingAdapter`: the pipeline's requests as TF Serving `Predict` calls. The signature
+(needed to type TF Serving's JSON) is fetched with `GetModelMetadata` and cached until the
+backend reports a different served version."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from adapters.tfserving.endpoints import Endpoint, EndpointPool
+from gateway.codecs import tensor_proto, tfserving_grpc
+from gateway.config import ModelConfig, TfServingAdapterConfig
+from gateway.errors import GatewayError
+from gateway.types import (
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelRef,
+    VersionStatus,
+)
+from protos.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+_STATUS_TIMEOUT_S = 5.0
+
+
+def _predict(endpoint: Endpoint) -> Any:
+    return prediction_service_pb2_grpc.PredictionServiceStub(endpoint.channel).Predict
+
+
+def _metadata(endpoint: Endpoint) -> Any:
+    return prediction_service_pb2_grpc.PredictionServiceStub(endpoint.channel).GetModelMetadata
+
+
+def _status(endpoint: Endpoint) -> Any:
+    return model_service_pb2_grpc.ModelServiceStub(endpoint.channel).GetModelStatus
+
+
+class TfServingAdapter:
+    def __init__(self, config: TfServingAdapterConfig, models: dict[str, ModelConfig]) -> None:
+        self.name = config.name
+        self._config = config
+        self._models = models
+        self._pool: EndpointPool | None = None
+        # (model, version, label, signature) -> signature; dropped when the version moves on
+        self._signatures: dict[ModelRef, ModelMetadata] = {}
+
+    async def start(self) -> None:
+        self._pool = EndpointPool(self._config)
+
+    async def close(self) -> None:
+        if self._pool:
+            await self._pool.close()
+
+    @property
+    def pool(self) -> EndpointPool:
+        if self._pool is None:
+            raise GatewayError(f"adapter {self.name} is not started")
+        return self._pool
+
+    def serves(self, model: str) -> bool:
+        return model in self._models
+
+    def model_names(self) -> list[str]:
+        return sorted(self._models)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        ref = request.ref
+        proto = predict_pb2.PredictRequest(model_spec=tfserving_grpc.model_spec(ref, ref.signature),
+                                           output_filter=list(request.outputs or ()))
+        for name, array in request.inputs.items():
+            proto.inputs[name].CopyFrom(tensor_proto.from_array(array))
+        reply = await self.pool.call(_predict, proto, seconds=request.context.remaining())
+        version = str(reply.model_spec.version.value)
+        self._forget_stale_signatures(ref.model, version)
+        outputs = {name: tensor_proto.to_array(t, name) for name, t in reply.outputs.items()}
+        return InferResponse(model=ref.model, version=version, outputs=outputs)
+
+    async def model_metadata(self, ref: ModelRef) -> ModelMetadata:
+        cached = self._signatures.get(ref)
+        if cached is not None:
+            return cached
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=tfserving_grpc.model_spec(ref, ref.signature),
+            metadata_field=["signature_def"])
+        reply = await self.pool.call(_metadata, request, seconds=_STATUS_TIMEOUT_S)
+        metadata = tfserving_grpc.metadata_from_response(reply, ref.signature)
+        self._forget_stale_signatures(ref.model, metadata.version)
+        self._signatures[ref] = metadata
+        return metadata
+
+    async def model_status(self, ref: ModelRef) -> list[VersionStatus]:
+        request = get_model_status_pb2.GetModelStatusRequest(
+            model_spec=tfserving_grpc.model_spec(replace(ref, signature=None)))
+        reply = await self.pool.call(_status, request, seconds=_STATUS_TIMEOUT_S)
+        return tfserving_grpc.statuses_from_response(reply)
+
+    async def health(self) -> tuple[bool, str]:
+        missing = []
+        for name in self._models:
+            try:
+                statuses = await self.model_status(ModelRef(name))
+            except GatewayError as exc:
+                missing.append(f"{name} ({exc.message})")
+                continue
+            if not any(s.state == "AVAILABLE" for s in statuses):
+                missing.append(f"{name} (no version AVAILABLE)")
+        return (not missing, f"models not available: {', '.join(missing)}" if missing else "ok")
+
+    def _forget_stale_signatures(self, model: str, served_version: str) -> None:
+        stale = [r for r, m in self._signatures.items()
+                 if r.model == model and r.version is None and m.version != served_version]
+        for ref in stale:
+            del self._signatures[ref]

@@ -1,0 +1,56 @@
+"""A pool of gRPC channels to one backend's endpoints, balanced by least outstanding requests;
+a call that fails to connect (UNAVAILABLE) is retried once on another endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from gateway.config import TfServingAdapterConfig
+from gateway.errors import from_backend_code
+
+
+class Endpoint:
+    def __init__(self, address: str, config: TfServingAdapterConfig) -> None:
+        self.address = address
+        self.outstanding = 0
+        self.channel = grpc.aio.insecure_channel(address, options=[
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ])
+
+
+class EndpointPool:
+    def __init__(self, config: TfServingAdapterConfig) -> None:
+        self._backend = config.name
+        self.endpoints = [Endpoint(address, config) for address in config.endpoints]
+
+    async def call(self, method: Callable[[Endpoint], Any], request: Any, *,
+                   seconds: float) -> Any:
+        """Call `method(endpoint)(request)` on the least busy endpoint, `seconds` at most."""
+        endpoint = min(self.endpoints, key=lambda e: e.outstanding)
+        for attempt in range(2):
+            endpoint.outstanding += 1
+            try:
+                return await method(endpoint)(request, timeout=max(seconds, 0.001))
+            except grpc.aio.AioRpcError as exc:
+                others = [e for e in self.endpoints if e is not endpoint]
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0 and others:
+                    endpoint = min(others, key=lambda e: e.outstanding)
+                    continue
+                raise from_backend_code(
+                    exc.code().name, f"backend {self._backend} ({endpoint.address}): "
+                    f"{exc.details() or exc.code().name}") from None
+            finally:
+                endpoint.outstanding -= 1
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        for endpoint in self.endpoints:
+            await endpoint.channel.close()

@@ -1,0 +1,1 @@
+"""The gRPC front doors (grpc.aio, in the same event loop as HTTP), all calling the pipeline."""
