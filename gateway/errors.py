@@ -19,17 +19,28 @@ Front ends render these errors in their dialect; nothing else turns errors into 
 
 from __future__ import annotations
 
+import math
+
 
 class GatewayError(Exception):
-    """Base of all client-visible failures; `message` is safe to show to the client."""
+    """Base of all client-visible failures; `message` is safe to show to the client.
+    `headers` go out with the error (HTTP headers, gRPC trailing metadata)."""
 
     http_status = 500
     grpc_code = "INTERNAL"
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.headers = dict(headers or {})
+
+    def reply_headers(self) -> dict[str, str]:
+        headers = dict(self.headers)
+        if self.retry_after_s:
+            headers["Retry-After"] = str(math.ceil(self.retry_after_s))
+        return headers
 
 
 class BadRequest(GatewayError):

@@ -29,6 +29,7 @@ from gateway.types import (
 )
 
 T = TypeVar("T")
+VARIANT_HEADER = "x-gateway-variant"
 
 
 class Pipeline:
@@ -50,6 +51,8 @@ class Pipeline:
         await self._limiter.check(request, cost=batch_rows(request.inputs))
         response = await within_deadline(target.adapter.infer(request), context)
         response.variant = target.variant
+        if target.variant is not None:
+            context.reply_headers[VARIANT_HEADER] = target.variant
         response.id = request.id
         return response
 
@@ -72,7 +75,7 @@ class Pipeline:
         self._authorizer.authorize(context.principal, Verb.MANAGE, model)
         if model is not None:
             try:
-                adapter = self._router.route(ModelRef(model)).adapter
+                adapter = self._router.route(ModelRef(model), context).adapter
             except NotFound:
                 adapter = None
             if adapter is not None and adapter is not self._store:  # type: ignore[comparison-overlap]
@@ -85,7 +88,7 @@ class Pipeline:
     async def _admit(self, context: RequestContext, verb: Verb, ref: ModelRef) -> Target:
         context.principal = await self._authenticator.authenticate(context)
         self._authorizer.authorize(context.principal, verb, ref.model)
-        return self._router.route(ref)
+        return self._router.route(ref, context)
 
 
 async def within_deadline(call: Awaitable[T], context: RequestContext) -> T:

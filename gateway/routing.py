@@ -8,7 +8,7 @@ from typing import Protocol
 
 from adapters.base import Adapter
 from gateway.errors import NotFound
-from gateway.types import ModelRef
+from gateway.types import ModelRef, RequestContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +19,8 @@ class Target:
 
 
 class Router(Protocol):
-    def route(self, ref: ModelRef) -> Target: ...
+    def route(self, ref: ModelRef, context: RequestContext) -> Target:
+        """Pick the target; may read headers and the principal's claims (A/B, canary)."""
 
     def model_names(self) -> list[str]: ...
 
@@ -31,7 +32,7 @@ class RouteTable:
         self._named = dict(named)
         self._adapters = adapters
 
-    def route(self, ref: ModelRef) -> Target:
+    def route(self, ref: ModelRef, context: RequestContext) -> Target:
         adapter = self._named.get(ref.model)
         if adapter is None:
             adapter = next((a for a in self._adapters if a.serves(ref.model)), None)

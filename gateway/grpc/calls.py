@@ -4,7 +4,6 @@ failures into status codes with a readable message, counted like REST's."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -37,12 +36,12 @@ class GrpcCalls:
     async def run(self, context: grpc.aio.ServicerContext, frontend: str, model: str,
                   call: Callable[[RequestContext], Awaitable[T]]) -> T:
         started = time.perf_counter()
+        call_context = self.context_of(context, frontend)
         try:
-            result = await call(self.context_of(context, frontend))
+            result = await call(call_context)
         except GatewayError as exc:
             error, code, message = type(exc).__name__, exc.grpc_code, exc.message
-            trailing = (("retry-after", str(math.ceil(exc.retry_after_s))),) \
-                if exc.retry_after_s else ()
+            trailing = _metadata({**call_context.reply_headers, **exc.reply_headers()})
             log.log(logging.WARNING if exc.http_status >= 500 else logging.INFO,
                     "gRPC %s -> %s %s: %s", frontend, code, error, message)
         except Exception:
@@ -51,6 +50,8 @@ class GrpcCalls:
                                               "internal error (logged by the gateway)", ())
         else:
             self._record(frontend, model, "OK", started, "")
+            if call_context.reply_headers:
+                context.set_trailing_metadata(_metadata(call_context.reply_headers))
             return result
         self._record(frontend, model, code, started, error)
         await context.abort(grpc.StatusCode[code], message, trailing_metadata=trailing)
@@ -61,3 +62,8 @@ class GrpcCalls:
         self._metrics.latency.labels(frontend, model).observe(time.perf_counter() - started)
         if error:
             self._metrics.errors.labels(frontend, code, error).inc()
+
+
+def _metadata(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata keys are lower case."""
+    return tuple((key.lower(), value) for key, value in headers.items())

@@ -16,6 +16,7 @@ TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 CONFIG_KEY = web.AppKey("server_config", ServerConfig)
 FRONTEND_KEY = web.RequestKey("frontend", str)
 MODEL_KEY = web.RequestKey("model", str)
+CONTEXT_KEY = web.RequestKey("context", RequestContext)
 
 
 def context_of(request: web.Request, frontend: str, model: str | None = None) -> RequestContext:
@@ -31,8 +32,10 @@ def context_of(request: web.Request, frontend: str, model: str | None = None) ->
     request[FRONTEND_KEY] = frontend
     if model is not None:
         request[MODEL_KEY] = model
-    return RequestContext(frontend=frontend, headers=request.headers,
-                          deadline=time.monotonic() + timeout_ms / 1000.0)
+    context = RequestContext(frontend=frontend, headers=request.headers,
+                             deadline=time.monotonic() + timeout_ms / 1000.0)
+    request[CONTEXT_KEY] = context
+    return context
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

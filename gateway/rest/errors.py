@@ -4,7 +4,6 @@ and counts it; no traceback ever reaches a client."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -13,15 +12,15 @@ from aiohttp import web
 from gateway.codecs import jsonio
 from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.metrics import GatewayMetrics
-from gateway.rest.common import FRONTEND_KEY, MODEL_KEY
+from gateway.rest.common import CONTEXT_KEY, FRONTEND_KEY, MODEL_KEY
 
 log = logging.getLogger("gateway.errors")
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_reply(status: int, message: str, retry_after_s: float | None = None) -> web.Response:
-    headers = {"Retry-After": str(math.ceil(retry_after_s))} if retry_after_s else None
+def error_reply(status: int, message: str,
+                headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=jsonio.dumps({"error": message}), status=status, headers=headers,
                         content_type="application/json")
 
@@ -37,7 +36,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         log.log(logging.WARNING if exc.http_status >= 500 else logging.INFO,
                 "%s %s -> %d %s: %s", request.method, request.path, exc.http_status, error,
                 exc.message)
-        response = error_reply(exc.http_status, exc.message, exc.retry_after_s)
+        response = error_reply(exc.http_status, exc.message, exc.reply_headers())
     except web.HTTPRequestEntityTooLarge as exc:
         error = PayloadTooLarge.__name__
         response = error_reply(413, f"request body too large: {exc.text}")
@@ -53,6 +52,9 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         error = "InternalError"
         log.exception("%s %s -> 500: unhandled error", request.method, request.path)
         response = error_reply(500, "internal error (logged by the gateway)")
+    context = request.get(CONTEXT_KEY)
+    if context is not None and context.reply_headers:
+        response.headers.update(context.reply_headers)
     metrics = request.app[METRICS_KEY]
     frontend = request.get(FRONTEND_KEY, "http")
     model = request.get(MODEL_KEY, "")
