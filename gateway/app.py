@@ -9,13 +9,12 @@ from aiohttp import web
 from adapters.base import Adapter, ModelStore
 from adapters.onnx import OnnxAdapter
 from adapters.tfserving import TfServingAdapter
-from gateway.auth import AnonymousAuthenticator
-from gateway.authz import AllowAll
+from gateway.auth.factory import build_authenticator, build_authorizer
 from gateway.config import AdapterConfig, GatewayConfig, ModelConfig, OnnxAdapterConfig
 from gateway.grpc.server import GrpcServer
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
-from gateway.ratelimit import Unlimited
+from gateway.ratelimit.factory import build_limiter
 from gateway.rest.server import build_http_app
 from gateway.routing import RouteTable
 
@@ -30,8 +29,10 @@ class Gateway:
                             list(self.adapters.values()))
         store = self.adapters.get(config.management_adapter or "")
         self.metrics = GatewayMetrics()
-        self.pipeline = Pipeline(AnonymousAuthenticator(), AllowAll(), Unlimited(), router,
-                                 store if isinstance(store, ModelStore) else None)
+        self.pipeline = Pipeline(
+            build_authenticator(config.auth), build_authorizer(config.auth),
+            build_limiter(config.redis, lambda: ()), router,
+            store if isinstance(store, ModelStore) else None)
 
     async def start(self) -> None:
         await asyncio.gather(*(a.start() for a in self.adapters.values()))

@@ -8,6 +8,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from gateway.auth.config import AuthConfig, parse_auth_config
+from gateway.policy.config import PoliciesConfig, parse_policies_config
+from gateway.ratelimit.config import RedisConfig, parse_redis_config
 from gateway.tomlconfig import ConfigError, Source, Table
 
 __all__ = ["BatchingConfig", "ConfigError", "GatewayConfig", "ModelConfig", "ServerConfig",
@@ -80,6 +83,9 @@ class GatewayConfig:
     adapters: Mapping[str, AdapterConfig]
     models: Mapping[str, ModelConfig]
     management_adapter: str | None
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    redis: RedisConfig | None = None
+    policies: PoliciesConfig = field(default_factory=PoliciesConfig)
 
     def models_of(self, adapter: str) -> dict[str, ModelConfig]:
         return {name: m for name, m in self.models.items() if m.adapter == adapter}
@@ -100,9 +106,12 @@ def load_config(path: Path) -> GatewayConfig:
     management.finish()
     if not manage:
         manage = next((n for n, a in adapters.items() if a.kind == "onnx"), "")
+    auth = parse_auth_config(root.table("auth"), path.parent)
+    redis = parse_redis_config(root.table("redis"))
+    policies = parse_policies_config(root.table("policies"), path.parent)
     root.finish()
     return GatewayConfig(path, server, MappingProxyType(adapters), MappingProxyType(models),
-                         manage or None)
+                         manage or None, auth, redis, policies)
 
 
 def _server(t: Table) -> ServerConfig:
