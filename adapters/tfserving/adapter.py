@@ -10,7 +10,7 @@ from typing import Any
 from adapters.tfserving.endpoints import Endpoint, EndpointPool
 from gateway.codecs import tensor_proto, tfserving_grpc
 from gateway.config import ModelConfig, TfServingAdapterConfig
-from gateway.errors import GatewayError
+from gateway.errors import BadRequest, GatewayError
 from gateway.types import (
     InferRequest,
     InferResponse,
@@ -75,9 +75,14 @@ class TfServingAdapter:
                                            output_filter=list(request.outputs or ()))
         for name, array in request.inputs.items():
             proto.inputs[name].CopyFrom(tensor_proto.from_array(array))
-        reply = await self.pool.call(_predict, proto, seconds=request.context.remaining())
+        try:
+            reply = await self.pool.call(_predict, proto, seconds=request.context.remaining())
+        except BadRequest:
+            if request.decoder is not None:  # typed with a signature a new version may change
+                self._forget_stale_signatures(ref, None)
+            raise
         version = str(reply.model_spec.version.value)
-        self._forget_stale_signatures(ref.model, version)
+        self._forget_stale_signatures(ref, version)
         outputs = {name: tensor_proto.to_array(t, name) for name, t in reply.outputs.items()}
         return InferResponse(model=ref.model, version=version, outputs=outputs)
 
@@ -90,7 +95,7 @@ class TfServingAdapter:
             metadata_field=["signature_def"])
         reply = await self.pool.call(_metadata, request, seconds=_STATUS_TIMEOUT_S)
         metadata = tfserving_grpc.metadata_from_response(reply, ref.signature)
-        self._forget_stale_signatures(ref.model, metadata.version)
+        self._forget_stale_signatures(ref, metadata.version)
         self._signatures[ref] = metadata
         return metadata
 
@@ -112,8 +117,13 @@ class TfServingAdapter:
                 missing.append(f"{name} (no version AVAILABLE)")
         return (not missing, f"models not available: {', '.join(missing)}" if missing else "ok")
 
-    def _forget_stale_signatures(self, model: str, served_version: str) -> None:
+    def _forget_stale_signatures(self, ref: ModelRef, served_version: str | None) -> None:
+        """Drop the cached signatures of what `ref` names (the latest version or a label, any
+        signature name) once it serves another version; `None` drops them regardless."""
+        if ref.version is not None:
+            return  # a version's signature never changes
         stale = [r for r, m in self._signatures.items()
-                 if r.model == model and r.version is None and m.version != served_version]
-        for ref in stale:
-            del self._signatures[ref]
+                 if r.model == ref.model and r.version is None and r.label == ref.label
+                 and m.version != served_version]
+        for stale_ref in stale:
+            del self._signatures[stale_ref]

@@ -22,6 +22,9 @@ class Endpoint:
             ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.initial_reconnect_backoff_ms", 100),
+            # gRPC's connect timeout: without it a host that accepts but never answers holds
+            # each call for 20 s (or its whole deadline) instead of failing over
+            ("grpc.min_reconnect_backoff_ms", int(config.connect_timeout_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ])
 
@@ -41,14 +44,13 @@ class EndpointPool:
                 return await method(endpoint)(request, timeout=max(seconds, 0.001))
             except grpc.aio.AioRpcError as exc:
                 others = [e for e in self.endpoints if e is not endpoint]
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0 and others:
-                    endpoint = min(others, key=lambda e: e.outstanding)
-                    continue
-                raise from_backend_code(
-                    exc.code().name, f"backend {self._backend} ({endpoint.address}): "
-                    f"{exc.details() or exc.code().name}") from None
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt > 0 or not others:
+                    raise from_backend_code(
+                        exc.code().name, f"backend {self._backend} ({endpoint.address}): "
+                        f"{exc.details() or exc.code().name}") from None
             finally:
-                endpoint.outstanding -= 1
+                endpoint.outstanding -= 1  # before `endpoint` names the retry's endpoint
+            endpoint = min(others, key=lambda e: e.outstanding)
         raise AssertionError("unreachable")
 
     async def close(self) -> None:

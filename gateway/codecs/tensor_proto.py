@@ -58,6 +58,8 @@ def to_array(proto: tensor_pb2.TensorProto, name: str) -> np.ndarray:
     raw = getattr(proto, field)
     if field == "half_val":  # 16-bit floats travel as their bit patterns in int32s
         array = np.asarray(raw, dtype=np.uint16).view(dtype.numpy)
+    elif field == "int_val" and dtype.numpy.itemsize < 4:  # 8/16-bit ints in int32s
+        array = narrow_ints(raw, dtype, f"tensor {name!r}", dtype.tf)
     else:
         array = np.asarray(raw, dtype=dtype.numpy)
     return _fill(array, count, shape, name)
@@ -70,6 +72,16 @@ def _fill(values: np.ndarray, count: int, shape: tuple[int, ...], name: str) -> 
         return np.full(shape, values[0], dtype=values.dtype)
     raise BadRequest(f"tensor {name!r}: {values.size} values for shape {list(shape)} "
                      f"({count} elements)")
+
+
+def narrow_ints(values: object, dtype: DType, what: str, type_name: str) -> np.ndarray:
+    """Integers sent in a wider field (int32 for 8 and 16-bit types) as `dtype`; a value that
+    does not fit is refused rather than wrapped around."""
+    wide = np.asarray(values, dtype=np.int64)
+    info = np.iinfo(dtype.numpy)
+    if wide.size and (wide.min() < info.min or wide.max() > info.max):
+        raise BadRequest(f"{what}: values out of range for {type_name}")
+    return wide.astype(dtype.numpy)
 
 
 def from_array(array: np.ndarray) -> tensor_pb2.TensorProto:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from gateway import dtypes
+from gateway.codecs.tensor_proto import narrow_ints
 from gateway.dtypes import DType
 from gateway.errors import BadRequest
 from gateway.types import InferResponse, ModelMetadata, Tensors
@@ -51,11 +52,15 @@ def decode_inputs(request: pb.ModelInferRequest) -> Tensors:
 def _from_raw(data: bytes, dtype: DType, shape: tuple[int, ...], name: str) -> np.ndarray:
     count = math.prod(shape)
     if dtype.is_bytes:
-        items, offset = [], 0
+        items: list[bytes] = []
+        offset = 0
         while offset < len(data):
             if offset + 4 > len(data):
                 raise BadRequest(f"input {name!r}: truncated BYTES length prefix")
             (length,) = struct.unpack_from("<I", data, offset)
+            if offset + 4 + length > len(data):
+                raise BadRequest(f"input {name!r}: BYTES element {len(items)} has length "
+                                 f"{length}, only {len(data) - offset - 4} bytes follow")
             items.append(bytes(data[offset + 4: offset + 4 + length]))
             offset += 4 + length
         if offset != len(data) or len(items) != count:
@@ -79,6 +84,8 @@ def _from_contents(contents: Any, dtype: DType, shape: tuple[int, ...],
     if dtype.is_bytes:
         array = np.empty(len(values), dtype=object)
         array[:] = list(values)
+    elif dtype.numpy.kind in "iu" and dtype.numpy.itemsize < 4:  # 8/16-bit ints in 32 bits
+        array = narrow_ints(values, dtype, f"input {name!r}", dtype.v2)
     else:
         array = np.asarray(values, dtype=dtype.numpy)
     if array.size != math.prod(shape):

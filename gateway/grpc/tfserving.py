@@ -41,7 +41,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 outputs=tuple(request.output_filter) or None))
             reply = predict_pb2.PredictResponse()
             reply.model_spec.name = response.model
-            reply.model_spec.version.value = int(response.version)
+            if response.version.isdigit():  # TorchServe's are free text, or unknown ("")
+                reply.model_spec.version.value = int(response.version)
             reply.model_spec.signature_name = spec.signature_name or \
                 tfserving_grpc.DEFAULT_SIGNATURE
             for name, array in response.outputs.items():

@@ -1,0 +1,96 @@
+"""Code that runs with TorchServe's Python (`.venv-torchserve`), not the gateway's: the handlers
+the test archives carry, and (run as a script) the TorchScript model `tiny` serves.
+
+    tiny       softmax(scale * x)[:, :3] for `{"x": [[...4 floats]]}` or `[[...]]` rows, as
+               `{"probabilities": [[...]]}`; declares its signature when TorchServe asks
+    failing    raises on every request (TorchServe answers "Prediction failed")
+    streaming  `{"parts": n, "gate": path}`: n intermediate responses "part i\\n", then "done";
+               after the first it waits until `gate` exists, so a test can prove the first
+               part reached it before the handler went on
+
+    .venv-torchserve/bin/python tests/servers/torchserve_handler.py OUT.pt SCALE
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+from ts.handler_utils.utils import send_intermediate_predict_response
+
+SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]}
+GATE_TIMEOUT_S = 60.0
+_models: dict[str, Any] = {}
+
+
+def _documents(data: list[dict[str, Any]]) -> list[Any]:
+    """Each request's JSON: gRPC's `data` arrives as bytes, REST's `body` already parsed."""
+    documents = []
+    for row in data:
+        value = row.get("data") if row.get("data") is not None else row.get("body")
+        documents.append(json.loads(value) if isinstance(value, bytes | bytearray) else value)
+    return documents
+
+
+def _describing(context: Any) -> bool:
+    return bool(context.get_request_header(0, "describe") == "True")
+
+
+def tiny(data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
+    model_dir = context.system_properties["model_dir"]
+    if model_dir not in _models:
+        _models[model_dir] = torch.jit.load(os.path.join(model_dir, "tiny.pt"))
+    if data is None:  # TorchServe's initialization call
+        return None
+    if _describing(context):
+        return [SIGNATURE]
+    replies = []
+    for document in _documents(data):
+        rows = document["x"] if isinstance(document, dict) else document
+        probabilities = _models[model_dir](torch.tensor(rows, dtype=torch.float32))
+        replies.append({"probabilities": probabilities.tolist()})
+    return replies
+
+
+def failing(data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
+    if data is None or _describing(context):
+        return None if data is None else [{}]
+    raise ValueError("the failing handler fails on purpose")
+
+
+def streaming(data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
+    if data is None or _describing(context):
+        return None if data is None else [{}]
+    document = _documents(data)[0]
+    for part in range(document["parts"]):
+        send_intermediate_predict_response([f"part {part}\n"], context.request_ids,
+                                           "Intermediate Prediction success", 200, context)
+        if part == 0 and document.get("gate"):
+            _wait_for(document["gate"])
+    return ["done\n"]
+
+
+def _wait_for(path: str) -> None:
+    deadline = time.monotonic() + GATE_TIMEOUT_S
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {path} never opened")
+        time.sleep(0.005)
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x * self.scale, dim=-1)[:, :3]
+
+
+if __name__ == "__main__":
+    torch.jit.script(Tiny(float(sys.argv[2]))).save(sys.argv[1])
