@@ -3,8 +3,15 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= gateway.toml
+# Real client libraries (TensorFlow Serving's and Triton's) for tests/test_real_clients.py live
+# in their own venv: TensorFlow is ~1.6 GB and must never be importable by the gateway's.
+CLIENTS_VENV := .venv-clients
+# TorchServe for tests/test_torchserve*.py and bench/torchserve.py, in its own venv (torch is
+# large). torch is pinned: pip finds that CPU build locally, and a plain `torch` would fetch a
+# CUDA one. TorchServe 0.12 needs pyyaml without declaring it, and Java 17 to run.
+TORCHSERVE_VENV := .venv-torchserve
 
-.PHONY: run test lint bench protos clean
+.PHONY: run test lint bench protos clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +29,25 @@ $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 run: $(VENV)/.run-deps
 	$(BIN)/gateway serve --config $(CONFIG)
 
-test: $(VENV)/.test-deps
+# Real servers the tests talk to, from Debian's packages.
+system-deps:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+# grpcio-reflection/-health-checking 1.81.1: the newest allowing protobuf < 7 (tritonclient pins it).
+$(CLIENTS_VENV)/.installed:
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/pip install -q tensorflow-cpu==2.21.0 'tritonclient[grpc]==2.73.0' \
+		grpcio-reflection==1.81.1 grpcio-health-checking==1.81.1
+	$(CLIENTS_VENV)/bin/pip install -q --no-deps tensorflow-serving-api==2.21.0
+	touch $@
+
+$(TORCHSERVE_VENV)/.installed:
+	$(PYTHON) -m venv $(TORCHSERVE_VENV)
+	$(TORCHSERVE_VENV)/bin/pip install -q torch==2.13.0 torchserve==0.12.0 \
+		torch-model-archiver==0.12.0 pyyaml
+	touch $@
+
+test: system-deps $(VENV)/.test-deps $(CLIENTS_VENV)/.installed $(TORCHSERVE_VENV)/.installed
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.test-deps

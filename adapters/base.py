@@ -36,6 +36,14 @@ class Adapter(Protocol):
 
 
 @runtime_checkable
+class PassesBody(Protocol):
+    """An adapter that sends `InferRequest.body` to its backend as it is (a TorchServe handler
+    parses the client's own bytes), so the pipeline does not decode such requests."""
+
+    passes_body: bool
+
+
+@runtime_checkable
 class ModelStore(Protocol):
     """An adapter whose models the management API may add, replace and delete."""
 

@@ -3,42 +3,89 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 
 from adapters.base import Adapter, ModelStore
 from adapters.onnx import OnnxAdapter
 from adapters.tfserving import TfServingAdapter
+from adapters.torchserve import TorchServeAdapter
 from gateway.auth.factory import build_authenticator, build_authorizer
-from gateway.config import AdapterConfig, GatewayConfig, ModelConfig, OnnxAdapterConfig
+from gateway.config import (
+    AdapterConfig,
+    GatewayConfig,
+    ModelConfig,
+    OnnxAdapterConfig,
+    TorchServeAdapterConfig,
+)
 from gateway.grpc.server import GrpcServer
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
+from gateway.policy.editor import PolicyEditor
+from gateway.policy.metrics import RoutingMetrics
+from gateway.policy.mirror import Mirror
+from gateway.policy.sync import RedisPolicySync
+from gateway.policy.watch import PolicyWatcher
 from gateway.ratelimit.factory import build_limiter
+from gateway.rest.admin import AdminRoutes
 from gateway.rest.server import build_http_app
-from gateway.routing import RouteTable
+from gateway.routing import PolicyRouter, RouteTable
+
+log = logging.getLogger(__name__)
 
 
 class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
+        """Raises `ConfigError` if the policy files are invalid."""
         self.config = config
         self.adapters: dict[str, Adapter] = {
             name: _build_adapter(adapter, config.models_of(name))
             for name, adapter in config.adapters.items()}
-        router = RouteTable({m.name: self.adapters[m.adapter] for m in config.models.values()},
-                            list(self.adapters.values()))
-        store = self.adapters.get(config.management_adapter or "")
         self.metrics = GatewayMetrics()
+        routing_metrics = RoutingMetrics(self.metrics.registry)
+        policies = config.policies
+        sync = (RedisPolicySync(config.redis.url, policies.redis_key, policies.history)
+                if config.redis else None)
+        # The watcher looks at the files before the editor reads them: an edit in between is
+        # a change it will see.
+        self._watcher = (PolicyWatcher(policies.directory, policies.poll_interval_s,
+                                       lambda: self.policies.reload_files())
+                         if policies.directory else None)
+        self.policies = PolicyEditor(set(self.adapters), policies.directory, policies.history,
+                                     routing_metrics, sync)
+        policy = self.policies.store
+        table = RouteTable({m.name: self.adapters[m.adapter] for m in config.models.values()},
+                           list(self.adapters.values()))
+        self.limiter = build_limiter(config.redis, lambda: policy.active.policy.limits,
+                                     self.metrics)
+        self.mirror = Mirror(routing_metrics, policies.mirror_max_in_flight)
+        store = self.adapters.get(config.management_adapter or "")
         self.pipeline = Pipeline(
-            build_authenticator(config.auth), build_authorizer(config.auth),
-            build_limiter(config.redis, lambda: ()), router,
-            store if isinstance(store, ModelStore) else None)
+            build_authenticator(config.auth), build_authorizer(config.auth), self.limiter,
+            PolicyRouter(lambda: policy.active.policy, self.adapters, table),
+            store if isinstance(store, ModelStore) else None, self.mirror, routing_metrics)
 
     async def start(self) -> None:
         await asyncio.gather(*(a.start() for a in self.adapters.values()))
+        await self.policies.start()
+        if self._watcher is not None:
+            self._watcher.start()
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            await self._watcher.close()
+        await self.policies.close()
+        await self.mirror.close()
         await asyncio.gather(*(a.close() for a in self.adapters.values()))
+        await self.limiter.close()
+
+    def reload_policies(self) -> None:
+        """SIGHUP: read the policy files now."""
+        if self._watcher is None:
+            log.warning("SIGHUP: no [policies] directory to reload")
+            return
+        self._watcher.wake()
 
     async def readiness(self) -> tuple[bool, str]:
         reasons = []
@@ -53,6 +100,7 @@ class Gateway:
 
     def http_app(self) -> web.Application:
         app = build_http_app(self.pipeline, self.config.server, self.readiness, self.metrics)
+        app.add_routes(AdminRoutes(self.pipeline, self.policies).routes())
 
         async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
             # Adapters live as long as the HTTP app; the gRPC server starts after and stops
@@ -68,4 +116,6 @@ class Gateway:
 def _build_adapter(config: AdapterConfig, models: dict[str, ModelConfig]) -> Adapter:
     if isinstance(config, OnnxAdapterConfig):
         return OnnxAdapter(config, models)
+    if isinstance(config, TorchServeAdapterConfig):
+        return TorchServeAdapter(config, models)
     return TfServingAdapter(config, models)

@@ -1,4 +1,4 @@
-"""`gateway serve` and `gateway check-config`."""
+"""`gateway serve`, `gateway check-config` and `gateway token`."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ import dataclasses
 import logging
 import signal
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from gateway.auth.keys import HMAC_ALGORITHMS, secret_from_env
+from gateway.auth.mint import mint_token
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.policy.loader import compile_policy, read_directory
+from gateway.policy.model import Policy
 
 log = logging.getLogger("gateway")
 
@@ -28,16 +33,30 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--grpc-port", type=int, help="overrides [server] grpc_port")
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config", type=Path)
+    token = commands.add_parser("token", help="mint a development token and print it")
+    token.add_argument("--secret-env", required=True, metavar="VAR",
+                       help="environment variable holding the provider's HMAC secret")
+    token.add_argument("--sub", required=True, help="the subject (who the token is for)")
+    token.add_argument("--scope", default="predict", help="space-separated scopes")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.add_argument("--issuer", default="demo-issuer")
+    token.add_argument("--audience", default="gateway")
+    token.add_argument("--alg", default="HS256", choices=HMAC_ALGORITHMS)
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return _token(args)
 
     try:
         config = load_config(args.config)
+        policy = (compile_policy(read_directory(config.policies.directory), config.adapters,
+                                 config.policies.directory)
+                  if config.policies.directory else Policy())
     except ConfigError as exc:
         print(f"gateway: invalid config: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
         print(f"{args.config}: ok ({len(config.adapters)} adapters, {len(config.models)} "
-              "configured models)")
+              f"configured models, {len(policy.routes)} policy routes)")
         return 0
     overrides = {k: v for k, v in (("http_port", args.http_port), ("grpc_port", args.grpc_port))
                  if v is not None}
@@ -45,6 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=config.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _run(serve_forever(config))
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    try:
+        print(mint_token(secret_from_env(args.secret_env), subject=args.sub, scope=args.scope,
+                         ttl_s=args.ttl, issuer=args.issuer, audience=args.audience,
+                         algorithm=args.alg, now=time.time()))
+    except ValueError as exc:
+        print(f"gateway token: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -76,6 +106,7 @@ async def serve_forever(config: GatewayConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_policies)
     await stop.wait()
     log.info("shutting down: finishing in-flight requests")
     await grpc_server.stop()

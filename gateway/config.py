@@ -16,7 +16,7 @@ from gateway.tomlconfig import ConfigError, Source, Table
 __all__ = ["BatchingConfig", "ConfigError", "GatewayConfig", "ModelConfig", "ServerConfig",
            "load_config"]
 
-ADAPTER_KINDS = ("onnx", "tfserving")
+ADAPTER_KINDS = ("onnx", "tfserving", "torchserve")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,27 @@ class TfServingAdapterConfig:
     kind: str = "tfserving"
 
 
-AdapterConfig = OnnxAdapterConfig | TfServingAdapterConfig
+@dataclass(frozen=True)
+class TorchServeAdapterConfig:
+    """TorchServe backends: inference over gRPC (or REST), model status and metadata over the
+    gRPC management API; each API's requests balance across its endpoints."""
+
+    name: str
+    management_endpoints: tuple[str, ...]  # gRPC management API, "host:port"
+    protocol: str = "grpc"  # grpc | rest: which inference API the gateway calls
+    endpoints: tuple[str, ...] = ()  # gRPC inference API, "host:port"
+    rest_endpoints: tuple[str, ...] = ()  # REST inference API, "http://host:port"
+    # gRPC needs to know which handlers stream: TorchServe 0.12 answers the wrong call with
+    # one part only (Predictions) or by restarting the worker (StreamPredictions).
+    streaming_models: tuple[str, ...] = ()
+    discovery_interval_s: float = 5.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    keepalive_time_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    kind: str = "torchserve"
+
+
+AdapterConfig = OnnxAdapterConfig | TfServingAdapterConfig | TorchServeAdapterConfig
 
 
 @dataclass(frozen=True)
@@ -145,6 +165,7 @@ def _batching(t: Table, base: BatchingConfig) -> BatchingConfig:
 def _adapter(name: str, t: Table, base_dir: Path) -> AdapterConfig:
     kind = t.text("kind", choices=ADAPTER_KINDS)
     config = (_onnx_adapter(name, t, base_dir) if kind == "onnx"
+              else _torchserve_adapter(name, t) if kind == "torchserve"
               else _tfserving_adapter(name, t))
     t.finish()
     return config
@@ -178,6 +199,39 @@ def _tfserving_adapter(name: str, t: Table) -> TfServingAdapterConfig:
         keepalive_time_s=t.number("keepalive_time_s", d.keepalive_time_s, minimum=1),
         connect_timeout_s=t.number("connect_timeout_s", d.connect_timeout_s, minimum=0.01),
     )
+
+
+def _torchserve_adapter(name: str, t: Table) -> TorchServeAdapterConfig:
+    protocol = t.text("protocol", "grpc", choices=("grpc", "rest"))
+    d = TorchServeAdapterConfig(name=name,
+                                management_endpoints=_addresses(t, "management_endpoints"))
+    return replace(
+        d,
+        protocol=protocol,
+        endpoints=_addresses(t, "endpoints", required=protocol == "grpc"),
+        rest_endpoints=_addresses(t, "rest_endpoints", required=protocol == "rest", url=True),
+        streaming_models=t.texts("streaming_models"),
+        discovery_interval_s=t.number("discovery_interval_s", d.discovery_interval_s,
+                                      minimum=0.05),
+        max_message_bytes=t.integer("max_message_bytes", d.max_message_bytes, minimum=1024),
+        keepalive_time_s=t.number("keepalive_time_s", d.keepalive_time_s, minimum=1),
+        connect_timeout_s=t.number("connect_timeout_s", d.connect_timeout_s, minimum=0.01),
+    )
+
+
+def _addresses(t: Table, key: str, *, required: bool = True,
+               url: bool = False) -> tuple[str, ...]:
+    """`"host:port"` strings (`"http://host:port"` with `url`), none only if not `required`."""
+    form = "http://host:port" if url else "host:port"
+    addresses = t.texts(key)
+    if required and not addresses:
+        raise t.error(key, f"expected a non-empty list of \"{form}\" strings")
+    for address in addresses:
+        scheme, _, rest = address.rpartition("://") if url else ("http", "", address)
+        host, _, port = rest.rstrip("/").rpartition(":")
+        if scheme not in ("http", "https") or not host or not port.isdigit():
+            raise t.error(key, f"expected \"{form}\", got {address!r}")
+    return tuple(a.rstrip("/") for a in addresses)
 
 
 def _model(name: str, t: Table, adapters: Mapping[str, AdapterConfig]) -> ModelConfig:

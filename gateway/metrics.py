@@ -18,3 +18,7 @@ class GatewayMetrics:
             "gateway_request_duration_seconds", "Time from request received to reply ready.",
             ["frontend", "model"], registry=self.registry,
             buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self.ratelimit_decisions = Counter(
+            "gateway_ratelimit_decisions", "Rate-limit outcomes per rule: allowed, limited (this "
+            "rule refused), failed_open / failed_closed (Redis could not decide).",
+            ["rule", "decision"], registry=self.registry)

@@ -1,21 +1,27 @@
 """The request path, top to bottom: every front end calls this, whatever dialect it speaks.
 
     authenticate → authorize → route → decode → rate limit → call the adapter (under deadline)
+                                                            → (maybe) mirror, after the reply
 
 Routing comes before the rate limit because a TF Serving JSON body can only be decoded with
-the target's signature, and the limit's cost is the number of rows in the decoded batch.
+the target's signature, and the limit's cost is the number of rows in the decoded batch. A
+routed request may carry fallbacks: a target that is down or overloaded (`Unavailable`) hands
+the call to the next one; any other failure, a client's mistake included, is the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from adapters.base import ModelStore
+from adapters.base import ModelStore, PassesBody
 from gateway.auth import Authenticator
 from gateway.authz import Authorizer, Verb
-from gateway.errors import DeadlineExceeded, MethodNotAllowed, NotFound
+from gateway.errors import DeadlineExceeded, MethodNotAllowed, NotFound, Unavailable
+from gateway.policy.metrics import RoutingMetrics
+from gateway.policy.mirror import Mirror
 from gateway.ratelimit import RateLimiter
 from gateway.routing import Router, Target
 from gateway.types import (
@@ -30,49 +36,64 @@ from gateway.types import (
 
 T = TypeVar("T")
 VARIANT_HEADER = "x-gateway-variant"
+log = logging.getLogger(__name__)
 
 
 class Pipeline:
     def __init__(self, authenticator: Authenticator, authorizer: Authorizer,
-                 limiter: RateLimiter, router: Router, store: ModelStore | None) -> None:
+                 limiter: RateLimiter, router: Router, store: ModelStore | None,
+                 mirror: Mirror, metrics: RoutingMetrics) -> None:
         self._authenticator = authenticator
         self._authorizer = authorizer
         self._limiter = limiter
         self._router = router
         self._store = store
+        self._mirror = mirror
+        self._metrics = metrics
 
     async def infer(self, request: InferRequest) -> InferResponse:
         context = request.context
-        target = await self._admit(context, Verb.PREDICT, request.ref)
-        request.ref = target.ref
-        if request.decoder is not None:
-            signature = await target.adapter.model_metadata(target.ref)
+        routed = await self._admit(context, Verb.PREDICT, request.ref)
+        targets = routed.candidates()  # the chosen target, then the route's fallbacks
+        if request.decoder is not None and not (  # a body-passing backend takes the body
+                request.body is not None and isinstance(targets[0].adapter, PassesBody)):
+            # typed by the first target that can give a signature
+            skipped, signature = await self._first_available(
+                targets, lambda t: within_deadline(t.adapter.model_metadata(t.ref), context))
+            targets = targets[skipped:]
             request.inputs = request.decoder(signature)
         await self._limiter.check(request, cost=batch_rows(request.inputs))
-        response = await within_deadline(target.adapter.infer(request), context)
-        response.variant = target.variant
-        if target.variant is not None:
-            context.reply_headers[VARIANT_HEADER] = target.variant
+        served, response = await self._first_available(
+            targets, lambda t: self._call_adapter(request, t))
+        response.variant = targets[served].variant
+        if response.variant is not None:
+            context.reply_headers[VARIANT_HEADER] = response.variant
         response.id = request.id
+        if routed.mirror is not None:
+            self._mirror.send(request, response, routed.mirror)
         return response
 
     async def metadata(self, ref: ModelRef, context: RequestContext) -> ModelMetadata:
-        target = await self._admit(context, Verb.READ, ref)
-        return await within_deadline(target.adapter.model_metadata(target.ref), context)
+        routed = await self._admit(context, Verb.READ, ref)
+        _, metadata = await self._first_available(
+            routed.candidates(), lambda t: within_deadline(t.adapter.model_metadata(t.ref),
+                                                           context))
+        return metadata
 
     async def status(self, ref: ModelRef, context: RequestContext) -> list[VersionStatus]:
-        target = await self._admit(context, Verb.READ, ref)
-        return await within_deadline(target.adapter.model_status(target.ref), context)
+        routed = await self._admit(context, Verb.READ, ref)
+        _, statuses = await self._first_available(
+            routed.candidates(), lambda t: within_deadline(t.adapter.model_status(t.ref),
+                                                           context))
+        return statuses
 
     async def model_names(self, context: RequestContext) -> list[str]:
-        context.principal = await self._authenticator.authenticate(context)
-        self._authorizer.authorize(context.principal, Verb.READ, None)
+        await self.admit(context, Verb.READ)
         return self._router.model_names()
 
     async def model_store(self, context: RequestContext, model: str | None) -> ModelStore:
         """The store that manages `model` (or new models), once the caller may manage it."""
-        context.principal = await self._authenticator.authenticate(context)
-        self._authorizer.authorize(context.principal, Verb.MANAGE, model)
+        await self.admit(context, Verb.MANAGE, model)
         if model is not None:
             try:
                 adapter = self._router.route(ModelRef(model), context).adapter
@@ -85,10 +106,31 @@ class Pipeline:
             raise MethodNotAllowed("no in-process model store is configured")
         return self._store
 
-    async def _admit(self, context: RequestContext, verb: Verb, ref: ModelRef) -> Target:
+    async def admit(self, context: RequestContext, verb: Verb, model: str | None = None) -> None:
+        """Steps 1 and 2, for every call, the admin API's included."""
         context.principal = await self._authenticator.authenticate(context)
-        self._authorizer.authorize(context.principal, verb, ref.model)
+        self._authorizer.authorize(context.principal, verb, model)
+
+    async def _admit(self, context: RequestContext, verb: Verb, ref: ModelRef) -> Target:
+        await self.admit(context, verb, ref.model)
         return self._router.route(ref, context)
+
+    async def _call_adapter(self, request: InferRequest, target: Target) -> InferResponse:
+        request.ref = target.ref
+        return await within_deadline(target.adapter.infer(request), request.context)
+
+    async def _first_available(self, targets: Sequence[Target],
+                               call: Callable[[Target], Awaitable[T]]) -> tuple[int, T]:
+        """`call` on each target in turn until one is available: its index and answer."""
+        *fallible, last = targets
+        for index, target in enumerate(fallible):
+            try:
+                return index, await call(target)
+            except Unavailable as exc:
+                log.info("route %s: %s unavailable, trying the next target: %s",
+                            target.route, target.adapter.name, exc.message)
+                self._metrics.fallbacks.labels(target.route, target.adapter.name).inc()
+        return len(fallible), await call(last)
 
 
 async def within_deadline(call: Awaitable[T], context: RequestContext) -> T:

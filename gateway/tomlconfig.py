@@ -1,7 +1,8 @@
 """Reading TOML config into typed values with errors that name the file, line and key.
 
 `tomllib` keeps no positions, so `Table` finds a key's line by scanning the source for the
-key's table header and assignment; good enough to point an operator at the right line.
+key's table header and assignment; good enough to point an operator at the right line. The n-th
+table of an array (`[[routes]]`) is the key `routes[n]`.
 """
 
 from __future__ import annotations
@@ -46,23 +47,24 @@ class Source:
         if not keys:
             return None
         best: int | None = None
-        header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?")
+        header = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
         current: tuple[str, ...] = ()
+        arrays: dict[tuple[str, ...], int] = {}  # array-of-tables path -> index of its last table
         for number, line in enumerate(self.lines, start=1):
             match = header.match(line)
             if match:
-                current = tuple(p.strip().strip("\"'") for p in match.group(1).split("."))
-                if current == keys and best is None:
-                    best = number
+                current = _indexed(_parts(match.group(2)), arrays, match.group(1) == "[[")
+                if best is None and len(current) == len(keys) and _leads(keys, current):
+                    best = number  # the table itself, or the first of an array of tables
                 continue
             assigned = re.match(r"^\s*([A-Za-z0-9_.\"'-]+)\s*=", line)
             if not assigned:
                 continue
-            path = current + tuple(p.strip().strip("\"'") for p in assigned.group(1).split("."))
-            if path == keys[: len(path)] and len(path) >= len(current) + 1:
+            path = current + _parts(assigned.group(1))
+            if _leads(path, keys) and len(path) >= len(current) + 1:
                 if path == keys:
                     return number
-                best = best or number  # an inline table holds the key
+                best = best or number  # an inline table (or inline array) holds the key
         return best
 
 
@@ -77,7 +79,7 @@ class Table:
 
     def error(self, key: str | None, message: str) -> ConfigError:
         keys = self.keys + ((key,) if key else ())
-        line = self.source.line_of(keys)
+        line = self.source.line_of(keys) or self.source.line_of(self.keys)  # missing: its table
         where = f"{self.source.path}" + (f":{line}" if line else "")
         name = ".".join(keys) or "(top level)"
         return ConfigError(f"{where}: {name}: {message}")
@@ -136,6 +138,14 @@ class Table:
         value = self._get(key, (dict,), "a table", {})
         return Table(self.source, (*self.keys, key), value)
 
+    def array(self, key: str) -> list[Table]:
+        """An array of tables (`[[key]]`), each named `key[n]` in errors."""
+        value = self._get(key, (list,), "an array of tables", [])
+        if not all(isinstance(item, dict) for item in value):
+            raise self.error(key, f"expected an array of tables ([[{key}]]), got {value!r}")
+        return [Table(self.source, (*self.keys, f"{key}[{n}]"), item)
+                for n, item in enumerate(value)]
+
     def tables(self) -> Iterator[tuple[str, Table]]:
         """Every sub-table of this table, by name (for `[models.NAME]`-style sections)."""
         for key in list(self.data):
@@ -157,3 +167,27 @@ class Table:
 
 
 _REQUIRED = object()
+
+
+def _parts(dotted: str) -> tuple[str, ...]:
+    return tuple(p.strip().strip("\"'") for p in dotted.split("."))
+
+
+def _indexed(parts: tuple[str, ...], arrays: dict[tuple[str, ...], int],
+             new_array_table: bool) -> tuple[str, ...]:
+    """A header's key path with array indices: `[[a]]` opens `a[n+1]`; `[a.b]` under it is
+    `a[n].b`."""
+    path: tuple[str, ...] = ()
+    for i, part in enumerate(parts):
+        plain = (*path, part)
+        if new_array_table and i == len(parts) - 1:
+            arrays[plain] = arrays.get(plain, -1) + 1
+        path = (*path, f"{part}[{arrays[plain]}]") if plain in arrays else plain
+    return path
+
+
+def _leads(path: tuple[str, ...], keys: tuple[str, ...]) -> bool:
+    """Whether an assignment's `path` leads to `keys`; `a = [...]` leads to `a[n]`."""
+    return len(path) <= len(keys) and all(
+        k == p or (k.startswith(p + "[") and k.endswith("]"))
+        for p, k in zip(path, keys, strict=False))

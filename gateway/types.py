@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,10 @@ class InferRequest:
     outputs: tuple[str, ...] | None = None  # requested outputs; None means all
     parameters: Mapping[str, Any] = field(default_factory=dict)
     id: str | None = None
+    #: The client's own bytes and media type, for backends that take them as they are
+    #: (TorchServe handlers); a front end that sets them sets `decoder` for all the others.
+    body: bytes | None = None
+    content_type: str = ""
 
 
 @dataclass(slots=True)
@@ -103,3 +107,8 @@ class InferResponse:
     outputs: Tensors
     variant: str | None = None
     id: str | None = None
+    #: A body-passing backend's own reply to a request that carried `body`, in place of
+    #: `outputs`; `chunks` are the parts that follow when it streams, relayed as they come.
+    body: bytes | None = None
+    content_type: str = ""
+    chunks: AsyncGenerator[bytes, None] | None = None

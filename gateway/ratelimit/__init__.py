@@ -1,4 +1,5 @@
-"""Pipeline step 3, rate limiting: may this call proceed now. The Redis limiter plugs in here."""
+"""Pipeline step 3, rate limiting: may this call proceed now. `GcraLimiter` (Redis) when
+`[redis]` is configured, else `Unlimited`; `factory.build_limiter` picks."""
 
 from __future__ import annotations
 
@@ -9,9 +10,16 @@ from gateway.types import InferRequest
 
 class RateLimiter(Protocol):
     async def check(self, request: InferRequest, cost: int) -> None:
-        """Raise `RateLimited` when over the limit."""
+        """Raise `RateLimited` when over the limit (`Unavailable` when it cannot tell and a
+        rule says to fail closed); set `RateLimit-*` reply headers."""
+
+    async def close(self) -> None:
+        """Release connections; the gateway calls it at shutdown."""
 
 
 class Unlimited:
     async def check(self, request: InferRequest, cost: int) -> None:
+        return None
+
+    async def close(self) -> None:
         return None

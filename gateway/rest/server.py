@@ -12,6 +12,7 @@ from gateway.rest.errors import METRICS_KEY, errors_and_metrics
 from gateway.rest.management import ManagementRoutes
 from gateway.rest.ops import OpsRoutes
 from gateway.rest.tfserving import TfServingRoutes
+from gateway.rest.torchserve import TorchServeRoutes
 from gateway.rest.v2 import Readiness, V2Routes
 
 
@@ -23,6 +24,7 @@ def build_http_app(pipeline: Pipeline, config: ServerConfig, readiness: Readines
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
     for route_set in (TfServingRoutes(pipeline), V2Routes(pipeline, readiness),
-                      ManagementRoutes(pipeline), OpsRoutes(readiness, metrics)):
+                      ManagementRoutes(pipeline), OpsRoutes(readiness, metrics),
+                      TorchServeRoutes(pipeline, readiness)):
         app.add_routes(route_set.routes())
     return app

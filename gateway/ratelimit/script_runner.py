@@ -1,0 +1,119 @@
+"""Runs one Lua script for many concurrent callers over few round trips, within a time bound,
+behind a circuit breaker.
+
+Calls queued in the same event-loop tick leave as one pipeline of EVALSHAs: one write, one
+read, one connection, however many requests arrived together. Each EVALSHA stays atomic on its
+own; the pipeline is not a transaction and need not be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from gateway.breaker import CircuitBreaker
+
+log = logging.getLogger(__name__)
+
+
+class ScriptError(Exception):
+    """The script did not run: Redis unreachable, too slow, failing, or its breaker open.
+    `retry_after_s` is a fair time for a client to wait before trying again."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(slots=True)
+class _Call:
+    keys: Sequence[str]
+    args: Sequence[int | str]
+    future: asyncio.Future[Any]
+
+
+class ScriptRunner:
+    def __init__(self, client: Redis, script: str, sha: str, timeout_s: float,
+                 breaker: CircuitBreaker) -> None:
+        self._client = client
+        self._script = script
+        self._sha = sha
+        self._timeout_s = timeout_s
+        self._breaker = breaker
+        self._pending: list[_Call] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def call(self, keys: Sequence[str], args: Sequence[int | str]) -> Any:
+        """The script's reply; raises `ScriptError` if there is none."""
+        if not self._breaker.allow():
+            raise ScriptError(f"circuit {self._breaker.name} is open", self._retry_after_s())
+        loop = asyncio.get_running_loop()
+        call = _Call(keys, args, loop.create_future())
+        self._pending.append(call)
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        return await call.future
+
+    async def close(self) -> None:
+        """Let the round trips under way finish (their callers are waiting), then disconnect."""
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._client.aclose()
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._run(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _run(self, batch: list[_Call]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                replies = await self._execute(batch)
+        except Exception as exc:  # whatever went wrong, every caller must get an answer
+            self._breaker.record_failure(exc)
+            reason = (f"Redis did not answer within {self._timeout_s * 1000:.0f} ms"
+                      if isinstance(exc, TimeoutError) else f"Redis failed: {exc!r}")
+            log.warning("%s (%d calls)", reason, len(batch))
+            for call in batch:
+                self._fail(call, reason)
+            return
+        self._breaker.record_success()
+        for call, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                log.warning("the script failed: %s", reply)
+                self._fail(call, f"the script failed: {reply}")
+            elif not call.future.done():  # done: the caller gave up (cancelled)
+                call.future.set_result(reply)
+
+    def _fail(self, call: _Call, reason: str) -> None:
+        if not call.future.done():
+            call.future.set_exception(ScriptError(reason, self._retry_after_s()))
+
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
+        replies = await self._pipeline(batch, by_sha=True)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # Redis restarted or its script cache was flushed. EVAL runs and caches it again.
+            again = await self._pipeline([batch[i] for i in missing], by_sha=False)
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, batch: list[_Call], *, by_sha: bool) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for call in batch:
+                if by_sha:
+                    pipe.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+                else:
+                    pipe.eval(self._script, len(call.keys), *call.keys, *call.args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    def _retry_after_s(self) -> float:
+        return self._breaker.retry_after_s() or 1.0

@@ -1,0 +1,86 @@
+"""TorchServe's inference API, `POST /predictions/{m}[/{v}]` and `GET /ping`, so TorchServe
+clients can point at the gateway unchanged and reach any backend. A TorchServe backend gets the
+body as it is and its reply comes back as it is, streamed parts as HTTP chunks; any other
+backend gets the body as a JSON object of inputs (see `codecs.torchserve_json`) and the reply
+is a JSON object of outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from aiohttp import web
+
+from gateway.codecs import torchserve_json
+from gateway.errors import GatewayError
+from gateway.pipeline import Pipeline
+from gateway.rest.common import CONFIG_KEY, context_of, read_body
+from gateway.rest.v2 import Readiness
+from gateway.types import InferRequest, InferResponse, ModelRef
+
+FRONTEND = "torchserve"
+JSON = "application/json"
+log = logging.getLogger(__name__)
+
+
+class TorchServeRoutes:
+    def __init__(self, pipeline: Pipeline, readiness: Readiness) -> None:
+        self._pipeline = pipeline
+        self._readiness = readiness
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/ping", self.ping),
+                web.post("/predictions/{model}", self.predict),
+                web.post("/predictions/{model}/{version}", self.predict)]
+
+    async def ping(self, request: web.Request) -> web.Response:
+        """TorchServe's answer: 200 Healthy, or 500 Unhealthy (the gateway's readiness)."""
+        context_of(request, FRONTEND)
+        ready, why = await self._readiness()
+        if not ready:
+            log.info("GET /ping -> Unhealthy: %s", why)
+        return web.json_response({"status": "Healthy" if ready else "Unhealthy"},
+                                 status=200 if ready else 500)
+
+    async def predict(self, request: web.Request) -> web.StreamResponse:
+        ref = ModelRef(request.match_info["model"], request.match_info.get("version"))
+        context = context_of(request, FRONTEND, ref.model)
+        body = await read_body(request, request.app[CONFIG_KEY].max_body_bytes)
+        response = await self._pipeline.infer(InferRequest(
+            ref=ref, context=context, decoder=torchserve_json.body_decoder(body), body=body,
+            content_type=request.headers.get("Content-Type", "")))
+        if response.body is None:
+            return web.Response(body=torchserve_json.encode(response.outputs),
+                                content_type=JSON)
+        content_type = response.content_type or _sniff(response.body)
+        if response.chunks is None:
+            return web.Response(body=response.body, headers={"Content-Type": content_type})
+        return await _relay(request, response, content_type, context.reply_headers)
+
+
+async def _relay(request: web.Request, response: InferResponse, content_type: str,
+                 reply_headers: dict[str, str]) -> web.StreamResponse:
+    """A streaming handler's parts as HTTP chunks, each sent as it arrives. A failure after the
+    first part can no longer change the status: the connection is cut, so the client sees an
+    incomplete body rather than a complete wrong one."""
+    assert response.body is not None and response.chunks is not None
+    stream = web.StreamResponse(headers={"Content-Type": content_type, **reply_headers})
+    stream.enable_chunked_encoding()
+    await stream.prepare(request)
+    async with contextlib.aclosing(response.chunks) as chunks:
+        await stream.write(response.body)
+        try:
+            async for chunk in chunks:
+                await stream.write(chunk)
+        except GatewayError as exc:
+            log.warning("POST %s: stream cut after it started: %s", request.path, exc.message)
+            if request.transport is not None:
+                request.transport.close()
+            return stream
+    await stream.write_eof()
+    return stream
+
+
+def _sniff(body: bytes) -> str:
+    """gRPC carries no content type: what TorchServe's JSON-writing handlers return, or bytes."""
+    return JSON if body.lstrip()[:1] in (b"{", b"[") else "application/octet-stream"
