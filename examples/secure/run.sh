@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Starts the secure example in one command: a local redis-server (unless GATEWAY_REDIS_URL is
+# set), a generated JWT secret (unless GATEWAY_JWT_SECRET is set), and the gateway.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+make -C "$root" --no-print-directory .venv/.run-deps system-deps >/dev/null
+gateway="$root/.venv/bin/gateway"
+
+if [ -z "${GATEWAY_REDIS_URL:-}" ]; then
+  port="${REDIS_PORT:-6390}"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    >"$here/redis.log" 2>&1 &
+  redis_pid=$!
+  trap 'kill $redis_pid 2>/dev/null || true' EXIT
+  export GATEWAY_REDIS_URL="redis://127.0.0.1:$port/0"
+fi
+if [ -z "${GATEWAY_JWT_SECRET:-}" ]; then
+  GATEWAY_JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
+  export GATEWAY_JWT_SECRET
+fi
+
+mint() { "$gateway" token --secret-env GATEWAY_JWT_SECRET --issuer demo-issuer \
+  --audience gateway --sub "$1" --scope "$2" --ttl 3600; }
+cat <<INFO
+Redis:  $GATEWAY_REDIS_URL
+Tokens (valid one hour):
+  PREDICT=$(mint alice predict)
+  ADMIN=$(mint ops "predict admin")
+Try:
+  curl -s -H "Authorization: Bearer \$PREDICT" -H 'x-user-id: u1' -i \\
+       -X POST http://127.0.0.1:8080/v1/models/demo:predict -d '{"instances": [[1, 2, 3, 4]]}'
+INFO
+exec "$gateway" serve --config "$here/gateway.toml"
