@@ -35,12 +35,12 @@ class Adapter(Protocol):
         """The models this backend serves now."""
 
 
-@runtime_checkable
-class PassesBody(Protocol):
-    """An adapter that sends `InferRequest.body` to its backend as it is (a TorchServe handler
-    parses the client's own bytes), so the pipeline does not decode such requests."""
-
-    passes_body: bool
+def passes_body(adapter: Adapter) -> bool:
+    """Whether `adapter` sends `InferRequest.body` to its backend as it is (a TorchServe
+    handler parses the client's own bytes), so the pipeline does not decode such requests. An
+    adapter says so with a class attribute `passes_body = True` (an attribute read, where an
+    `isinstance` on a runtime-checkable protocol costs ~8 µs per request on Python 3.11)."""
+    return getattr(adapter, "passes_body", False) is True
 
 
 @runtime_checkable

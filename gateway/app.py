@@ -12,6 +12,8 @@ from adapters.onnx import OnnxAdapter
 from adapters.tfserving import TfServingAdapter
 from adapters.torchserve import TorchServeAdapter
 from gateway.auth.factory import build_authenticator, build_authorizer
+from gateway.auth.failures import Reason
+from gateway.auth.jwt_authenticator import JwtAuthenticator
 from gateway.config import (
     AdapterConfig,
     GatewayConfig,
@@ -31,6 +33,7 @@ from gateway.ratelimit.factory import build_limiter
 from gateway.rest.admin import AdminRoutes
 from gateway.rest.server import build_http_app
 from gateway.routing import PolicyRouter, RouteTable
+from gateway.telemetry.setup import build_tracing
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,14 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         """Raises `ConfigError` if the policy files are invalid."""
         self.config = config
-        self.adapters: dict[str, Adapter] = {
-            name: _build_adapter(adapter, config.models_of(name))
-            for name, adapter in config.adapters.items()}
+        self.tracing = build_tracing(config.tracing)
         self.metrics = GatewayMetrics()
+        self.adapters: dict[str, Adapter] = {
+            name: _build_adapter(adapter, config.models_of(name), self.metrics)
+            for name, adapter in config.adapters.items()}
+        for adapter in self.adapters.values():
+            if isinstance(adapter, OnnxAdapter):
+                self.metrics.watch_queues(adapter.queue_depths)
         routing_metrics = RoutingMetrics(self.metrics.registry)
         policies = config.policies
         sync = (RedisPolicySync(config.redis.url, policies.redis_key, policies.history)
@@ -61,8 +68,11 @@ class Gateway:
                                      self.metrics)
         self.mirror = Mirror(routing_metrics, policies.mirror_max_in_flight)
         store = self.adapters.get(config.management_adapter or "")
+        authenticator = build_authenticator(config.auth)
+        if isinstance(authenticator, JwtAuthenticator):
+            self.metrics.watch_auth_failures(authenticator.reasons, [r.value for r in Reason])
         self.pipeline = Pipeline(
-            build_authenticator(config.auth), build_authorizer(config.auth), self.limiter,
+            authenticator, build_authorizer(config.auth), self.limiter,
             PolicyRouter(lambda: policy.active.policy, self.adapters, table),
             store if isinstance(store, ModelStore) else None, self.mirror, routing_metrics)
 
@@ -79,6 +89,8 @@ class Gateway:
         await self.mirror.close()
         await asyncio.gather(*(a.close() for a in self.adapters.values()))
         await self.limiter.close()
+        if self.tracing is not None:
+            await self.tracing.close()
 
     def reload_policies(self) -> None:
         """SIGHUP: read the policy files now."""
@@ -96,10 +108,12 @@ class Gateway:
         return not reasons, "; ".join(reasons) or "ok"
 
     def grpc_server(self) -> GrpcServer:
-        return GrpcServer(self.pipeline, self.config.server, self.readiness, self.metrics)
+        return GrpcServer(self.pipeline, self.config.server, self.readiness, self.metrics,
+                          self.tracing)
 
     def http_app(self) -> web.Application:
-        app = build_http_app(self.pipeline, self.config.server, self.readiness, self.metrics)
+        app = build_http_app(self.pipeline, self.config.server, self.readiness, self.metrics,
+                             self.tracing)
         app.add_routes(AdminRoutes(self.pipeline, self.policies).routes())
 
         async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
@@ -113,9 +127,10 @@ class Gateway:
         return app
 
 
-def _build_adapter(config: AdapterConfig, models: dict[str, ModelConfig]) -> Adapter:
+def _build_adapter(config: AdapterConfig, models: dict[str, ModelConfig],
+                   metrics: GatewayMetrics) -> Adapter:
     if isinstance(config, OnnxAdapterConfig):
-        return OnnxAdapter(config, models)
+        return OnnxAdapter(config, models, metrics)
     if isinstance(config, TorchServeAdapterConfig):
         return TorchServeAdapter(config, models)
     return TfServingAdapter(config, models)

@@ -20,6 +20,7 @@ from gateway.auth.mint import mint_token
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.policy.loader import compile_policy, read_directory
 from gateway.policy.model import Policy
+from gateway.telemetry.logs import configure_logging
 
 log = logging.getLogger("gateway")
 
@@ -61,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("http_port", args.http_port), ("grpc_port", args.grpc_port))
                  if v is not None}
     config = dataclasses.replace(config, server=dataclasses.replace(config.server, **overrides))
-    logging.basicConfig(level=config.server.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.server.log_level)
     _run(serve_forever(config))
     return 0
 
@@ -91,9 +91,8 @@ async def serve_forever(config: GatewayConfig) -> None:
     from gateway.app import Gateway  # heavy imports (ONNX Runtime) only when serving
 
     gateway = Gateway(config)
-    runner = web.AppRunner(gateway.http_app(),
-                           access_log=log.getChild("access") if config.server.access_log
-                           else None)
+    # The gateway writes its own access lines (JSON, with trace ids), aiohttp none.
+    runner = web.AppRunner(gateway.http_app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.http_port, reuse_port=True)
     await site.start()

@@ -11,6 +11,7 @@ from typing import Any
 from gateway.auth.config import AuthConfig, parse_auth_config
 from gateway.policy.config import PoliciesConfig, parse_policies_config
 from gateway.ratelimit.config import RedisConfig, parse_redis_config
+from gateway.telemetry.config import TracingConfig, parse_tracing_config
 from gateway.tomlconfig import ConfigError, Source, Table
 
 __all__ = ["BatchingConfig", "ConfigError", "GatewayConfig", "ModelConfig", "ServerConfig",
@@ -106,6 +107,7 @@ class GatewayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     redis: RedisConfig | None = None
     policies: PoliciesConfig = field(default_factory=PoliciesConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def models_of(self, adapter: str) -> dict[str, ModelConfig]:
         return {name: m for name, m in self.models.items() if m.adapter == adapter}
@@ -129,9 +131,10 @@ def load_config(path: Path) -> GatewayConfig:
     auth = parse_auth_config(root.table("auth"), path.parent)
     redis = parse_redis_config(root.table("redis"))
     policies = parse_policies_config(root.table("policies"), path.parent)
+    tracing = parse_tracing_config(root.table("tracing"))
     root.finish()
     return GatewayConfig(path, server, MappingProxyType(adapters), MappingProxyType(models),
-                         manage or None, auth, redis, policies)
+                         manage or None, auth, redis, policies, tracing)
 
 
 def _server(t: Table) -> ServerConfig:

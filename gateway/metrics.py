@@ -1,24 +1,110 @@
-"""Prometheus metrics the front ends record; one registry per gateway so tests stay apart."""
+"""Prometheus metrics the front ends, the batcher and the limiter record; one registry per
+gateway so tests stay apart. State that already lives somewhere (queue depths, breaker states,
+auth refusals by reason) is read when scraped rather than copied on every request."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.breaker import BreakerState
+
+if TYPE_CHECKING:
+    from gateway.breaker import CircuitBreaker
+
+_SECONDS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
+_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+#: (model, version) -> requests waiting in that version's batcher
+QueueDepths = Callable[[], Mapping[tuple[str, str], int]]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchMetrics:
+    """One model version's batch histograms, bound to its labels once."""
+
+    size: Histogram
+    queue_wait: Histogram
+
+    def batch_started(self, rows: int, waits: Iterable[float]) -> None:
+        self.size.observe(rows)
+        for wait in waits:
+            self.queue_wait.observe(wait)
 
 
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "gateway_requests", "Requests answered, by front door, model and HTTP status.",
-            ["frontend", "model", "status"], registry=self.registry)
+            "gateway_requests", "Requests answered, by front door, model, A/B variant (\"\": "
+            "none) and status (HTTP status, or gRPC code name).",
+            ["frontend", "model", "variant", "status"], registry=self.registry)
         self.errors = Counter(
             "gateway_errors", "Requests that failed, by front door, status and error kind.",
             ["frontend", "status", "error"], registry=self.registry)
         self.latency = Histogram(
             "gateway_request_duration_seconds", "Time from request received to reply ready.",
-            ["frontend", "model"], registry=self.registry,
-            buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+            ["frontend", "model", "variant"], registry=self.registry, buckets=_SECONDS)
         self.ratelimit_decisions = Counter(
             "gateway_ratelimit_decisions", "Rate-limit outcomes per rule: allowed, limited (this "
             "rule refused), failed_open / failed_closed (Redis could not decide).",
             ["rule", "decision"], registry=self.registry)
+        self.batch_size = Histogram(
+            "gateway_batch_size", "Rows per batch the dynamic batcher ran.",
+            ["model", "version"], registry=self.registry, buckets=_ROWS)
+        self.batch_queue_wait = Histogram(
+            "gateway_batch_queue_wait_seconds", "Time a request waited in the batcher's queue "
+            "before its batch started.", ["model", "version"], registry=self.registry,
+            buckets=_SECONDS)
+        self._state = _StateCollector()
+        self.registry.register(self._state)
+
+    def batch_metrics(self, model: str, version: str) -> BatchMetrics:
+        return BatchMetrics(self.batch_size.labels(model, version),
+                            self.batch_queue_wait.labels(model, version))
+
+    def watch_queues(self, depths: QueueDepths) -> None:
+        self._state.queues.append(depths)
+
+    def watch_breaker(self, breaker: CircuitBreaker) -> None:
+        self._state.breakers.append(breaker)
+
+    def watch_auth_failures(self, counts: Mapping[str, int], reasons: Iterable[str]) -> None:
+        """`counts`: refusals by reason, as `JwtAuthenticator.reasons` keeps them; every one
+        of `reasons` is exported from 0, so a rate sees the first refusal."""
+        self._state.auth_failures.append((counts, tuple(reasons)))
+
+
+class _StateCollector(Collector):
+    """Reads the watched state at scrape time."""
+
+    def __init__(self) -> None:
+        self.queues: list[QueueDepths] = []
+        self.breakers: list[CircuitBreaker] = []
+        self.auth_failures: list[tuple[Mapping[str, int], tuple[str, ...]]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        depth = GaugeMetricFamily(
+            "gateway_batch_queue_depth", "Requests waiting in a model version's batcher.",
+            labels=["model", "version"])
+        for depths in self.queues:
+            for (model, version), waiting in depths().items():
+                depth.add_metric([model, version], waiting)
+        breakers = GaugeMetricFamily(
+            "gateway_breaker_state", "Circuit breakers: 1 for the state each is in "
+            "(closed, open, half_open), 0 for the others.", labels=["breaker", "state"])
+        for breaker in self.breakers:
+            for state in BreakerState:
+                breakers.add_metric([breaker.name, state.value], float(breaker.state is state))
+        failures = CounterMetricFamily(
+            "gateway_auth_failures", "Requests refused by authentication, by reason.",
+            labels=["reason"])
+        for counts, reasons in self.auth_failures:
+            for reason in reasons:
+                failures.add_metric([reason], counts.get(reason, 0))
+        return [depth, breakers, failures]

@@ -7,16 +7,20 @@ Routing comes before the rate limit because a TF Serving JSON body can only be d
 the target's signature, and the limit's cost is the number of rows in the decoded batch. A
 routed request may carry fallbacks: a target that is down or overloaded (`Unavailable`) hands
 the call to the next one; any other failure, a client's mistake included, is the answer.
+
+Steps trace themselves (`gateway.telemetry.spans`): authentication and the rate limit in their
+own objects, routing here, each backend call in its adapter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from adapters.base import ModelStore, PassesBody
+from adapters.base import ModelStore, passes_body
 from gateway.auth import Authenticator
 from gateway.authz import Authorizer, Verb
 from gateway.errors import DeadlineExceeded, MethodNotAllowed, NotFound, Unavailable
@@ -24,6 +28,7 @@ from gateway.policy.metrics import RoutingMetrics
 from gateway.policy.mirror import Mirror
 from gateway.ratelimit import RateLimiter
 from gateway.routing import Router, Target
+from gateway.telemetry import spans
 from gateway.types import (
     InferRequest,
     InferResponse,
@@ -56,7 +61,7 @@ class Pipeline:
         routed = await self._admit(context, Verb.PREDICT, request.ref)
         targets = routed.candidates()  # the chosen target, then the route's fallbacks
         if request.decoder is not None and not (  # a body-passing backend takes the body
-                request.body is not None and isinstance(targets[0].adapter, PassesBody)):
+                request.body is not None and passes_body(targets[0].adapter)):
             # typed by the first target that can give a signature
             skipped, signature = await self._first_available(
                 targets, lambda t: within_deadline(t.adapter.model_metadata(t.ref), context))
@@ -68,6 +73,7 @@ class Pipeline:
         response.variant = targets[served].variant
         if response.variant is not None:
             context.reply_headers[VARIANT_HEADER] = response.variant
+        context.version, context.variant = response.version, response.variant or ""
         response.id = request.id
         if routed.mirror is not None:
             self._mirror.send(request, response, routed.mirror)
@@ -113,11 +119,20 @@ class Pipeline:
 
     async def _admit(self, context: RequestContext, verb: Verb, ref: ModelRef) -> Target:
         await self.admit(context, verb, ref.model)
-        return self._router.route(ref, context)
+        with spans.step("route") as span:
+            target = self._router.route(ref, context)
+            if span.is_recording():
+                span.set_attributes(route_attributes(target))
+            return target
 
     async def _call_adapter(self, request: InferRequest, target: Target) -> InferResponse:
         request.ref = target.ref
-        return await within_deadline(target.adapter.infer(request), request.context)
+        started = time.perf_counter()
+        try:
+            return await within_deadline(target.adapter.infer(request), request.context)
+        finally:
+            self._metrics.backend_latency.labels(target.adapter.name, target.ref.model).observe(
+                time.perf_counter() - started)
 
     async def _first_available(self, targets: Sequence[Target],
                                call: Callable[[Target], Awaitable[T]]) -> tuple[int, T]:
@@ -145,6 +160,14 @@ async def within_deadline(call: Awaitable[T], context: RequestContext) -> T:
     except TimeoutError:
         raise DeadlineExceeded(
             f"deadline of {remaining * 1000:.0f} ms exceeded waiting for the backend") from None
+
+
+def route_attributes(target: Target) -> dict[str, str]:
+    """What the route span says about the target chosen (fallbacks may answer instead)."""
+    ref = target.ref
+    return {"gateway.route": target.route, "gateway.variant": target.variant or "",
+            "gateway.adapter": target.adapter.name, "gateway.model": ref.model,
+            "gateway.model.version": ref.version or ref.label or ""}
 
 
 def batch_rows(inputs: Tensors) -> int:

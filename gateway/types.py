@@ -75,6 +75,9 @@ class RequestContext:
     #: Set by pipeline steps (rate-limit state, the variant taken); every front end sends
     #: them with the reply, errors included.
     reply_headers: dict[str, str] = field(default_factory=dict)
+    #: What answered, set by the pipeline: for the request metrics and the access log.
+    version: str = ""
+    variant: str = ""
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()

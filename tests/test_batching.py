@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext
 
 from adapters.batching import DynamicBatcher
 from adapters.onnx.session import load_session
 from gateway.config import BatchingConfig
 from gateway.errors import BackendError, DeadlineExceeded, QueueFull, Unavailable
+from gateway.telemetry import spans
 from gateway.types import Tensors
 from tests.onnx_models import demo_bytes
 from tests.waiting import wait_until
@@ -124,6 +129,65 @@ async def test_requests_arriving_while_busy_form_the_next_batch() -> None:
     for i, task in enumerate(rest):
         assert task.result()["y"].tolist() == [[2 * i + 1] * 2] * 2
     await batcher.close()
+
+
+class Observed:
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, list[float]]] = []
+
+    def batch_started(self, rows: int, waits: Iterable[float]) -> None:
+        self.batches.append((rows, list(waits)))
+
+
+async def test_each_batch_is_a_span_linked_to_every_request_it_served() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    run, observed = GatedRun(), Observed()
+    run.gate.clear()
+    batcher = DynamicBatcher(run, BatchingConfig(max_batch_size=8), name="traced",
+                             observer=observed)
+
+    async def request(rows: int) -> SpanContext:
+        with tracer.start_as_current_span("request") as span:
+            await batcher.submit({"x": np.zeros((rows, 2), np.float32)}, FAR)
+            return span.get_span_context()
+
+    token = spans.bind(tracer)  # as a front door does; the tasks below inherit it
+    first = asyncio.create_task(request(1))
+    await wait_until(run.entered.is_set)
+    rest = [asyncio.create_task(request(2)) for _ in range(3)]
+    await wait_until(lambda: batcher.depth == 3)
+    run.gate.set()
+    served = await asyncio.gather(first, *rest)
+    spans.unbind(token)
+    await batcher.close()
+
+    alone, together = [s for s in exporter.get_finished_spans() if s.name == "batch traced"]
+    assert [link.context.span_id for link in alone.links] == [served[0].span_id]
+    assert [link.context.span_id for link in together.links] == [c.span_id for c in served[1:]]
+    assert together.parent is None and together.context.trace_id not in {
+        c.trace_id for c in served}
+    assert together.attributes is not None
+    assert (together.attributes["gateway.batch.size"],
+            together.attributes["gateway.batch.requests"]) == (6, 3)
+    waits = [link.attributes["gateway.batch.queue_wait_s"] for link in together.links
+             if link.attributes is not None]
+    assert len(waits) == 3 and together.attributes["gateway.batch.queue_wait_s"] == max(waits)
+    assert [(rows, len(waits)) for rows, waits in observed.batches] == [(1, 1), (6, 3)]
+    assert observed.batches[1][1] == waits
+
+
+async def test_untraced_requests_make_no_batch_spans() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    batcher = DynamicBatcher(GatedRun(), BatchingConfig(), name="plain")
+    with provider.get_tracer("test").start_as_current_span("request"):  # but no tracer bound
+        await batcher.submit({"x": np.zeros((1, 2), np.float32)}, FAR)
+    await batcher.close()
+    assert [s.name for s in exporter.get_finished_spans()] == ["request"]
 
 
 async def test_different_inner_shapes_are_never_mixed() -> None:

@@ -67,7 +67,8 @@ async def test_errors_are_counted_in_metrics(client: TestClient) -> None:
     text = await (await client.get("/metrics")).text()
     assert 'gateway_errors_total{error="BadRequest",frontend="v2",status="400"} 1.0' in text
     assert 'gateway_errors_total{error="NotFound",frontend="v2",status="404"} 1.0' in text
-    assert 'gateway_requests_total{frontend="tfserving",model="demo",status="200"} 1.0' in text
+    assert ('gateway_requests_total{frontend="tfserving",model="demo",status="200",variant=""} '
+            '1.0' in text)
     assert "gateway_request_duration_seconds_bucket" in text
 
 

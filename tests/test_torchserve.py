@@ -5,16 +5,21 @@ its gRPC inference API (the default) and over its REST one."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import grpc
 import numpy as np
 import pytest
-from aiohttp import ClientResponse
+from google.protobuf import empty_pb2
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from protos.tensorflow_serving.apis import model_pb2, predict_pb2
+from protos.torchserve import inference_pb2_grpc as inference_grpc
+from protos.torchserve import management_pb2, management_pb2_grpc
 from tests.servers.running_gateway import RunningGateway, StartGateway
 from tests.servers.tfserving_standin import decode_tensor
 from tests.servers.torchserve_server import TorchServe, tiny_answer, torchserve_config
@@ -63,7 +68,7 @@ def v2_body(rows: list[list[float]]) -> dict[str, Any]:
                         "data": [v for row in rows for v in row]}]}
 
 
-async def ok_json(response: ClientResponse) -> Any:
+async def ok_json(response: aiohttp.ClientResponse) -> Any:
     assert response.status == 200, await response.text()
     return await response.json()
 
@@ -205,3 +210,25 @@ async def test_streamed_parts_are_relayed_as_chunks_as_they_come(
     gate.touch()
     rest = [data async for data, end in chunks if data]
     assert rest == [b"part 1\n", b"part 2\n", b"done\n"]
+
+
+async def test_our_protos_speak_to_torchserve_itself(torchserve: TorchServe) -> None:
+    async with grpc.aio.insecure_channel(torchserve.grpc_inference) as channel:
+        ping = await inference_grpc.InferenceAPIsServiceStub(channel).Ping(empty_pb2.Empty(),
+                                                                          timeout=10)
+    assert json.loads(ping.health) == {"status": "Healthy"}
+    async with grpc.aio.insecure_channel(torchserve.grpc_management) as channel:
+        listed = await management_pb2_grpc.ManagementAPIsServiceStub(channel).ListModels(
+            management_pb2.ListModelsRequest(limit=10), timeout=10)
+    assert [m["modelName"] for m in json.loads(listed.msg)["models"]] == [
+        "failing", "streaming", "tiny"]
+
+
+async def test_a_stream_that_fails_after_it_started_is_cut_not_completed(
+        tsgw: RunningGateway) -> None:
+    response = await tsgw.http.post("/predictions/streaming", json={"parts": 3, "fail": True})
+    assert response.status == 200  # sent with the first part, before the handler failed
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()
+    after = await tsgw.http.post("/predictions/streaming", json={"parts": 1})
+    assert (after.status, await after.read()) == (200, b"part 0\ndone\n")

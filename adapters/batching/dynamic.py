@@ -4,7 +4,8 @@ A batch starts as soon as an executor is free: an idle model adds no delay. Whil
 is busy, requests pile up and form the next batch. With `max_queue_delay_ms` and several
 executors, a free executor holds a partial batch up to that delay while another batch runs, to
 fill it. Expired or abandoned requests are dropped before they cost compute; a full queue
-refuses at once.
+refuses at once. Each batch is traced as a span of its own, linked to the span of every
+request it served (with that request's queue wait), and its size and waits are observed.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from opentelemetry.trace import Link, SpanContext
 
 from adapters.batching.merge import batch_key, concat, rows_of, split
 from gateway.config import BatchingConfig
 from gateway.errors import BackendError, DeadlineExceeded, GatewayError, QueueFull, Unavailable
+from gateway.telemetry import spans
 from gateway.types import Tensors
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,7 @@ class _Pending:
     key: Hashable
     deadline: float
     future: asyncio.Future[Tensors]
+    span: SpanContext | None  # the request's, for the batch span to link to
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -47,11 +53,17 @@ class BatchStats:
     max_rows: int = 0
 
 
+class BatchObserver(Protocol):
+    def batch_started(self, rows: int, waits: Iterable[float]) -> None:
+        """A batch of `rows` starts; `waits`: how long each of its requests was queued."""
+
+
 class DynamicBatcher:
     def __init__(self, run: RunBatch, config: BatchingConfig, *, name: str,
-                 batchable: bool = True) -> None:
+                 batchable: bool = True, observer: BatchObserver | None = None) -> None:
         self._run = run
         self._name = name
+        self._observer = observer
         self._max_rows = config.max_batch_size if batchable else 1
         self._max_queue = config.max_queue_size
         self._delay = config.max_queue_delay_ms / 1000.0
@@ -79,7 +91,8 @@ class DynamicBatcher:
                             "waiting)", retry_after_s=1)
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         rows = rows_of(inputs)
-        self._queue.append(_Pending(inputs, rows, batch_key(inputs), deadline, future))
+        self._queue.append(_Pending(inputs, rows, batch_key(inputs), deadline, future,
+                                    spans.current_span_context()))
         self._queued_rows += rows
         self._dispatch()
         return await future
@@ -156,9 +169,14 @@ class DynamicBatcher:
     async def _execute(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         rows = [item.rows for item in batch]
+        now = time.monotonic()
+        waits = [now - item.enqueued for item in batch]
+        if self._observer is not None:
+            self._observer.batch_started(sum(rows), waits)
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run,
-                                                 concat([item.inputs for item in batch]))
+            with self._span(batch, waits, sum(rows)):
+                outputs = await loop.run_in_executor(self._executor, self._run,
+                                                     concat([item.inputs for item in batch]))
             results: list[Tensors] | None = split(outputs, rows)
             error: GatewayError | None = None
         except GatewayError as exc:
@@ -179,6 +197,16 @@ class DynamicBatcher:
                 item.future.set_exception(error)
         self._in_flight -= 1
         self._dispatch()
+
+    def _span(self, batch: list[_Pending], waits: list[float], rows: int) -> spans.ScopeOrOff:
+        if spans.tracer() is None:  # the common case when off: skip building the links
+            return spans.OFF
+        links = [Link(item.span, {"gateway.batch.queue_wait_s": wait,
+                                  "gateway.batch.rows": item.rows})
+                 for item, wait in zip(batch, waits, strict=True) if item.span is not None]
+        return spans.batch(f"batch {self._name}", links, {
+            "gateway.batcher": self._name, "gateway.batch.size": rows,
+            "gateway.batch.requests": len(batch), "gateway.batch.queue_wait_s": max(waits)})
 
     def _check_drained(self) -> None:
         if self._closing and not self._queue and self._in_flight == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field, replace
 
@@ -13,7 +14,9 @@ from adapters.onnx.repository import MODEL_NAME, ModelRepository, VersionFile, w
 from adapters.onnx.session import LoadedSession, ModelLoadError, as_text, load_session
 from gateway.config import ModelConfig, OnnxAdapterConfig
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
+from gateway.metrics import GatewayMetrics
 from gateway.signatures import check_inputs, check_outputs
+from gateway.telemetry import spans
 from gateway.types import (
     InferRequest,
     InferResponse,
@@ -33,6 +36,11 @@ class _Version:
     metadata: ModelMetadata
     batcher: DynamicBatcher
 
+    @functools.cached_property
+    def span_attributes(self) -> dict[str, str]:
+        return {"gateway.model": self.metadata.name,
+                "gateway.model.version": self.metadata.version}
+
 
 @dataclass(eq=False)
 class _Model:
@@ -46,9 +54,11 @@ class _Model:
 
 
 class OnnxAdapter:
-    def __init__(self, config: OnnxAdapterConfig, models: dict[str, ModelConfig]) -> None:
+    def __init__(self, config: OnnxAdapterConfig, models: dict[str, ModelConfig],
+                 metrics: GatewayMetrics | None = None) -> None:
         self.name = config.name
         self._config = config
+        self._metrics = metrics
         self._configured = models
         self._repository = ModelRepository(config.repository)
         self._models: dict[str, _Model] = {}
@@ -87,12 +97,19 @@ class OnnxAdapter:
     def model_names(self) -> list[str]:
         return sorted(self._models)
 
+    def queue_depths(self) -> dict[tuple[str, str], int]:
+        """(model, version) -> requests waiting in that version's batcher."""
+        return {(name, str(number)): version.batcher.depth
+                for name, model in self._models.items()
+                for number, version in model.serving.items()}
+
     async def infer(self, request: InferRequest) -> InferResponse:
         name, version = self._resolve(request.ref)
         check_inputs(version.metadata, request.inputs)
         check_outputs(version.metadata, request.outputs)
         inputs = {name: as_text(name, array) for name, array in request.inputs.items()}
-        outputs = await version.batcher.submit(inputs, request.context.deadline)
+        with spans.step("onnx", version.span_attributes, current=True):  # batches link to it
+            outputs = await version.batcher.submit(inputs, request.context.deadline)
         if request.outputs:
             outputs = {n: outputs[n] for n in request.outputs}
         return InferResponse(model=name, version=str(version.file.version), outputs=outputs)
@@ -228,8 +245,10 @@ class OnnxAdapter:
         batching = model.config.batching or self._config.batching
         metadata = ModelMetadata(name=name, version=str(file.version), versions=(),
                                  platform=PLATFORM, inputs=session.inputs, outputs=session.outputs)
-        batcher = DynamicBatcher(session.run, batching, name=f"{name}/{file.version}",
-                                 batchable=session.batchable)
+        batcher = DynamicBatcher(
+            session.run, batching, name=f"{name}/{file.version}", batchable=session.batchable,
+            observer=self._metrics.batch_metrics(name, str(file.version)) if self._metrics
+            else None)
         model.serving[file.version] = _Version(file, session, metadata, batcher)
         model.failed.pop(file.version, None)
         status = model.status[file.version] = VersionStatus(str(file.version), "AVAILABLE")

@@ -5,9 +5,8 @@ backend reports a different served version."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-from adapters.tfserving.endpoints import Endpoint, EndpointPool
+from adapters.tfserving.endpoints import EndpointPool, Rpc
 from gateway.codecs import tensor_proto, tfserving_grpc
 from gateway.config import ModelConfig, TfServingAdapterConfig
 from gateway.errors import BadRequest, GatewayError
@@ -29,16 +28,14 @@ from protos.tensorflow_serving.apis import (
 _STATUS_TIMEOUT_S = 5.0
 
 
-def _predict(endpoint: Endpoint) -> Any:
-    return prediction_service_pb2_grpc.PredictionServiceStub(endpoint.channel).Predict
-
-
-def _metadata(endpoint: Endpoint) -> Any:
-    return prediction_service_pb2_grpc.PredictionServiceStub(endpoint.channel).GetModelMetadata
-
-
-def _status(endpoint: Endpoint) -> Any:
-    return model_service_pb2_grpc.ModelServiceStub(endpoint.channel).GetModelStatus
+_PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+_predict = Rpc(_PREDICTION_SERVICE, "Predict", lambda endpoint:
+               prediction_service_pb2_grpc.PredictionServiceStub(endpoint.channel).Predict)
+_metadata = Rpc(_PREDICTION_SERVICE, "GetModelMetadata", lambda endpoint:
+                prediction_service_pb2_grpc.PredictionServiceStub(endpoint.channel)
+                .GetModelMetadata)
+_status = Rpc("tensorflow.serving.ModelService", "GetModelStatus", lambda endpoint:
+              model_service_pb2_grpc.ModelServiceStub(endpoint.channel).GetModelStatus)
 
 
 class TfServingAdapter:

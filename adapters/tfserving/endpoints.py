@@ -1,15 +1,18 @@
 """A pool of gRPC channels to one backend's endpoints, balanced by least outstanding requests;
-a call that fails to connect (UNAVAILABLE) is retried once on another endpoint."""
+a call that fails to connect (UNAVAILABLE) is retried once on another endpoint. Each attempt
+is a client span whose `traceparent` goes to the backend."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from gateway.config import TfServingAdapterConfig
 from gateway.errors import from_backend_code
+from gateway.telemetry import propagation
 
 
 class Endpoint:
@@ -29,19 +32,29 @@ class Endpoint:
         ])
 
 
+@dataclass(frozen=True, slots=True)
+class Rpc:
+    """A backend method: its names, and the stub's callable for it on an endpoint."""
+
+    service: str
+    method: str
+    on: Callable[[Endpoint], Any]
+
+
 class EndpointPool:
     def __init__(self, config: TfServingAdapterConfig) -> None:
         self._backend = config.name
         self.endpoints = [Endpoint(address, config) for address in config.endpoints]
 
-    async def call(self, method: Callable[[Endpoint], Any], request: Any, *,
-                   seconds: float) -> Any:
-        """Call `method(endpoint)(request)` on the least busy endpoint, `seconds` at most."""
+    async def call(self, rpc: Rpc, request: Any, *, seconds: float) -> Any:
+        """Call `rpc` with `request` on the least busy endpoint, `seconds` at most."""
         endpoint = min(self.endpoints, key=lambda e: e.outstanding)
         for attempt in range(2):
             endpoint.outstanding += 1
             try:
-                return await method(endpoint)(request, timeout=max(seconds, 0.001))
+                with propagation.grpc_call(rpc.service, rpc.method, endpoint.address) as out:
+                    return await rpc.on(endpoint)(request, timeout=max(seconds, 0.001),
+                                                  metadata=out.metadata)
             except grpc.aio.AioRpcError as exc:
                 others = [e for e in self.endpoints if e is not endpoint]
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt > 0 or not others:

@@ -84,14 +84,12 @@ class TorchServeAdapter:
     async def infer(self, request: InferRequest) -> InferResponse:
         ref = request.ref
         version = self._version(ref)
-        passing = request.body is not None
-        body = request.body if request.body is not None else torchserve_json.encode(
-            request.inputs)
+        body, content_type = ((request.body, request.content_type) if request.body is not None
+                              else (torchserve_json.encode(request.inputs), JSON))
         reply = await self.inference.predict(PredictCall(
-            ref.model, version, body, request.content_type if passing else JSON,
-            request.context.remaining()))
+            ref.model, version, body, content_type, request.context.remaining()))
         # TorchServe does not say which version answered: only the one asked for is known
-        if passing:
+        if request.body is not None:
             return InferResponse(ref.model, version or "", {}, body=reply.body,
                                  content_type=reply.content_type, chunks=reply.rest)
         data = reply.body if reply.rest is None else b"".join(
@@ -106,7 +104,7 @@ class TorchServeAdapter:
         version = self._version(ref) or ""
         every, own = await asyncio.gather(self.management.describe(ref.model, "all"),
                                           self._described_by_handler(ref.model, version))
-        metadata = describe.metadata(ref.model, own, [s.version for s in describe.statuses(every)])
+        metadata = describe.metadata(ref.model, own, every)
         self._signatures[ref] = (time.monotonic() + SIGNATURE_TTL_S, metadata)
         return metadata
 

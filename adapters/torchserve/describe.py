@@ -23,12 +23,15 @@ def _state(described: dict[str, Any]) -> str:
     return "AVAILABLE" if any(w.get("status") == "READY" for w in workers) else "LOADING"
 
 
-def metadata(model: str, described: dict[str, Any], versions: list[str]) -> ModelMetadata:
+def metadata(model: str, described: dict[str, Any],
+             every: list[dict[str, Any]]) -> ModelMetadata:
+    """The version `described` (with its handler's metadata), among `every` version."""
     signature = described.get("customizedMetadata")
     if not isinstance(signature, dict):
         signature = {}
     return ModelMetadata(
-        name=model, version=str(described.get("modelVersion", "")), versions=tuple(versions),
+        name=model, version=str(described.get("modelVersion", "")),
+        versions=tuple(s.version for s in statuses(every)),
         platform=PLATFORM, inputs=_specs(signature.get("inputs"), model),
         outputs=_specs(signature.get("outputs"), model))
 

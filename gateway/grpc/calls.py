@@ -1,5 +1,6 @@
 """What every gRPC servicer shares: the call's context (metadata, deadline) and turning
-failures into status codes with a readable message, counted like REST's."""
+failures into status codes with a readable message, recorded like REST's (metrics, access
+line). The server span comes from the tracing interceptor (`gateway.grpc.server`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from opentelemetry.trace import Tracer
 
 from gateway.config import ServerConfig
 from gateway.errors import GatewayError
-from gateway.metrics import GatewayMetrics
+from gateway.telemetry import spans
+from gateway.telemetry.requests import RequestRecorder
 from gateway.types import RequestContext
 
 T = TypeVar("T")
@@ -20,9 +23,11 @@ log = logging.getLogger("gateway.errors")
 
 
 class GrpcCalls:
-    def __init__(self, config: ServerConfig, metrics: GatewayMetrics) -> None:
+    def __init__(self, config: ServerConfig, recorder: RequestRecorder,
+                 tracer: Tracer | None) -> None:
         self._timeout_s = config.request_timeout_ms / 1000.0
-        self._metrics = metrics
+        self._recorder = recorder
+        self._tracer = tracer
 
     def context_of(self, context: grpc.aio.ServicerContext, frontend: str) -> RequestContext:
         """The client's deadline becomes the request's (never beyond the configured one)."""
@@ -35,6 +40,16 @@ class GrpcCalls:
 
     async def run(self, context: grpc.aio.ServicerContext, frontend: str, model: str,
                   call: Callable[[RequestContext], Awaitable[T]]) -> T:
+        if self._tracer is None:
+            return await self._run(context, frontend, model, call)
+        token = spans.bind(self._tracer)
+        try:
+            return await self._run(context, frontend, model, call)
+        finally:
+            spans.unbind(token)
+
+    async def _run(self, context: grpc.aio.ServicerContext, frontend: str, model: str,
+                   call: Callable[[RequestContext], Awaitable[T]]) -> T:
         started = time.perf_counter()
         call_context = self.context_of(context, frontend)
         try:
@@ -49,19 +64,15 @@ class GrpcCalls:
             error, code, message, trailing = ("InternalError", "INTERNAL",
                                               "internal error (logged by the gateway)", ())
         else:
-            self._record(frontend, model, "OK", started, "")
+            self._recorder.finished(frontend, model, "OK", "", time.perf_counter() - started,
+                                    call_context)
             if call_context.reply_headers:
                 context.set_trailing_metadata(_metadata(call_context.reply_headers))
             return result
-        self._record(frontend, model, code, started, error)
+        self._recorder.finished(frontend, model, code, error, time.perf_counter() - started,
+                                call_context)
         await context.abort(grpc.StatusCode[code], message, trailing_metadata=trailing)
         raise AssertionError("abort returns only by raising")
-
-    def _record(self, frontend: str, model: str, code: str, started: float, error: str) -> None:
-        self._metrics.requests.labels(frontend, model, code).inc()
-        self._metrics.latency.labels(frontend, model).observe(time.perf_counter() - started)
-        if error:
-            self._metrics.errors.labels(frontend, code, error).inc()
 
 
 def _metadata(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:

@@ -1,5 +1,7 @@
 """Assembles the grpc.aio server: the dialect servicers, reflection, and the standard health
-service, whose status follows the gateway's readiness."""
+service, whose status follows the gateway's readiness. With tracing on, the official
+OpenTelemetry interceptor makes each call's server span (semantic-convention `rpc.*`
+attributes, the caller's `traceparent` continued); health checks and reflection are left out."""
 
 from __future__ import annotations
 
@@ -9,6 +11,13 @@ import contextlib
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc.filters import (
+    any_of,
+    negate,
+    service_name,
+    service_prefix,
+)
 
 from gateway.config import ServerConfig
 from gateway.grpc.calls import GrpcCalls
@@ -17,6 +26,8 @@ from gateway.grpc.v2 import InferenceService
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.rest.v2 import Readiness
+from gateway.telemetry.requests import RequestRecorder
+from gateway.telemetry.setup import Tracing
 from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from protos.tensorflow_serving.apis import (
     model_service_pb2,
@@ -31,7 +42,7 @@ _HEALTH_POLL_S = 1.0
 
 class GrpcServer:
     def __init__(self, pipeline: Pipeline, config: ServerConfig, readiness: Readiness,
-                 metrics: GatewayMetrics) -> None:
+                 metrics: GatewayMetrics, tracing: Tracing | None = None) -> None:
         self._config = config
         self._readiness = readiness
         self._server = grpc.aio.server(options=[
@@ -39,8 +50,12 @@ class GrpcServer:
             ("grpc.max_receive_message_length", max(MAX_MESSAGE_BYTES,
                                                     config.max_body_bytes)),
             ("grpc.so_reuseport", 1),
-        ])
-        calls = GrpcCalls(config, metrics)
+        ], interceptors=[] if tracing is None else [aio_server_interceptor(
+            tracing.provider, negate(any_of(service_name(health.SERVICE_NAME),
+                                            service_prefix("grpc.reflection."))))])
+        recorder = RequestRecorder(metrics, access_log=config.access_log,
+                                   traced=tracing is not None)
+        calls = GrpcCalls(config, recorder, None if tracing is None else tracing.tracer)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(pipeline, calls), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(

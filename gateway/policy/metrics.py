@@ -1,5 +1,6 @@
-"""Prometheus metrics of routing policies: the active version and its changes, fallbacks taken,
-and what mirrored (shadow) requests cost and how far their answers differ."""
+"""Prometheus metrics of routing policies: the active version and its changes, how long the
+targets take, fallbacks taken, and what mirrored (shadow) requests cost and how far their
+answers differ."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ class RoutingMetrics:
             "gateway_policy_changes", "Policy changes by origin (files, admin, rollback, redis) "
             "and result: applied, unchanged, refused (invalid), failed (Redis unreachable).",
             ["origin", "result"], registry=registry)
+        self.backend_latency = Histogram(
+            "gateway_backend_duration_seconds", "Time an adapter took to answer (queue and "
+            "batch included, for in-process models), by adapter and model.",
+            ["adapter", "model"], registry=registry,
+            buckets=(.0005, *_SECONDS))
         self.fallbacks = Counter(
             "gateway_route_fallbacks", "Requests passed to a route's next target because this "
             "adapter was unavailable or overloaded.", ["route", "adapter"], registry=registry)

@@ -30,4 +30,6 @@ def build_limiter(config: RedisConfig | None, rules: Callable[[], Sequence[Limit
                             socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
     breaker = CircuitBreaker("redis", config.breaker_failures, config.breaker_reset_s)
     runner = ScriptRunner(client, gcra.SCRIPT, gcra.SHA, timeout_s, breaker)
-    return GcraLimiter(runner, rules, metrics or GatewayMetrics())
+    metrics = metrics or GatewayMetrics()
+    metrics.watch_breaker(breaker)
+    return GcraLimiter(runner, rules, metrics)

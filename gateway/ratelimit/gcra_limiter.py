@@ -10,13 +10,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from opentelemetry.trace import SpanKind
+
 from gateway.errors import RateLimited, Unavailable
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit.gcra import Bucket, BucketState, parse_reply, script_args
 from gateway.ratelimit.keys import bucket_key
 from gateway.ratelimit.rules import LimitRule
 from gateway.ratelimit.script_runner import ScriptError, ScriptRunner
+from gateway.telemetry import spans
 from gateway.types import InferRequest
+
+#: The span of the Redis round trip (shared with the other checks of the same loop tick).
+_SPAN_ATTRIBUTES = {"db.system": "redis", "db.operation.name": "EVALSHA"}
 
 
 class GcraLimiter:
@@ -40,7 +46,8 @@ class GcraLimiter:
                 raise RateLimited(f"this request costs {bucket.units} {rule.cost}, more than "
                                   f"limit {rule.name!r} allows at once ({rule.burst})")
         try:
-            reply = await self._runner.call(*script_args(buckets))
+            with spans.step("ratelimit", _SPAN_ATTRIBUTES, kind=SpanKind.CLIENT):
+                reply = await self._runner.call(*script_args(buckets))
         except ScriptError as exc:
             self._fail(rules, exc)
             return

@@ -1,5 +1,5 @@
 """Turns every failure into a JSON `{"error": ...}` reply with the right status, logs it once
-and counts it; no traceback ever reaches a client."""
+and records the request (metrics, access line); no traceback ever reaches a client."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from aiohttp import web
 
 from gateway.codecs import jsonio
 from gateway.errors import GatewayError, PayloadTooLarge
-from gateway.metrics import GatewayMetrics
 from gateway.rest.common import CONTEXT_KEY, FRONTEND_KEY, MODEL_KEY
+from gateway.telemetry.requests import RequestRecorder
 
 log = logging.getLogger("gateway.errors")
-METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
+RECORDER_KEY = web.AppKey("recorder", RequestRecorder)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -55,11 +55,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     context = request.get(CONTEXT_KEY)
     if context is not None and context.reply_headers:
         response.headers.update(context.reply_headers)
-    metrics = request.app[METRICS_KEY]
-    frontend = request.get(FRONTEND_KEY, "http")
-    model = request.get(MODEL_KEY, "")
-    metrics.requests.labels(frontend, model, str(response.status)).inc()
-    metrics.latency.labels(frontend, model).observe(time.perf_counter() - started)
-    if error:
-        metrics.errors.labels(frontend, str(response.status), error).inc()
+    request.app[RECORDER_KEY].finished(
+        request.get(FRONTEND_KEY, "http"), request.get(MODEL_KEY, ""), str(response.status),
+        error, time.perf_counter() - started, context,
+        request=f"{request.method} {request.path}")
     return response

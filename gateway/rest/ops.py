@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from gateway.errors import Unavailable
 from gateway.metrics import GatewayMetrics
@@ -30,5 +30,8 @@ class OpsRoutes:
         return json_reply({"status": "ready"})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self._metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        """Prometheus text, or OpenMetrics (which carries the trace-id exemplars) when the
+        scraper's Accept header asks for it."""
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(self._metrics.registry),
+                            headers={"Content-Type": content_type})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import AsyncGenerator
 
 from aiohttp import web
 
@@ -16,7 +17,7 @@ from gateway.errors import GatewayError
 from gateway.pipeline import Pipeline
 from gateway.rest.common import CONFIG_KEY, context_of, read_body
 from gateway.rest.v2 import Readiness
-from gateway.types import InferRequest, InferResponse, ModelRef
+from gateway.types import InferRequest, ModelRef
 
 FRONTEND = "torchserve"
 JSON = "application/json"
@@ -55,20 +56,20 @@ class TorchServeRoutes:
         content_type = response.content_type or _sniff(response.body)
         if response.chunks is None:
             return web.Response(body=response.body, headers={"Content-Type": content_type})
-        return await _relay(request, response, content_type, context.reply_headers)
+        return await _relay(request, response.body, response.chunks,
+                            {"Content-Type": content_type, **context.reply_headers})
 
 
-async def _relay(request: web.Request, response: InferResponse, content_type: str,
-                 reply_headers: dict[str, str]) -> web.StreamResponse:
+async def _relay(request: web.Request, first: bytes, rest: AsyncGenerator[bytes, None],
+                 headers: dict[str, str]) -> web.StreamResponse:
     """A streaming handler's parts as HTTP chunks, each sent as it arrives. A failure after the
     first part can no longer change the status: the connection is cut, so the client sees an
     incomplete body rather than a complete wrong one."""
-    assert response.body is not None and response.chunks is not None
-    stream = web.StreamResponse(headers={"Content-Type": content_type, **reply_headers})
+    stream = web.StreamResponse(headers=headers)
     stream.enable_chunked_encoding()
     await stream.prepare(request)
-    async with contextlib.aclosing(response.chunks) as chunks:
-        await stream.write(response.body)
+    async with contextlib.aclosing(rest) as chunks:
+        await stream.write(first)
         try:
             async for chunk in chunks:
                 await stream.write(chunk)
@@ -83,4 +84,4 @@ async def _relay(request: web.Request, response: InferResponse, content_type: st
 
 def _sniff(body: bytes) -> str:
     """gRPC carries no content type: what TorchServe's JSON-writing handlers return, or bytes."""
-    return JSON if body.lstrip()[:1] in (b"{", b"[") else "application/octet-stream"
+    return JSON if body[:1] in (b"{", b"[") else "application/octet-stream"

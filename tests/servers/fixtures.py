@@ -13,6 +13,7 @@ import grpc
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.servers.otlp_receiver import OtlpReceiver
 from tests.servers.running_gateway import RunningGateway, StartGateway
 from tests.servers.tfserving_standin import (
     DEFAULT_LABELS,
@@ -93,3 +94,26 @@ async def start_gateway(make_client: Callable[..., object], standin: TfServingSt
 async def gw(start_gateway: StartGateway) -> RunningGateway:
     """A gateway as `start_gateway` starts it with the default config."""
     return await start_gateway()
+
+
+@pytest.fixture
+async def otlp_receiver() -> AsyncIterator[OtlpReceiver]:
+    """An OTLP/gRPC trace receiver on a free port, keeping what it is sent."""
+    receiver = OtlpReceiver()
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
+
+
+@pytest.fixture
+def traced(monkeypatch: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver) -> OtlpReceiver:
+    """Gateways built after this trace every request and export to `otlp_receiver` within
+    tens of ms, configured through the OTEL_* environment as ops would. Request it before
+    the gateway's fixtures, so the receiver outlives the gateways (they flush as they close)."""
+    for name, value in {
+            "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+            "OTEL_SERVICE_NAME": "gateway-under-test", "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_BSP_SCHEDULE_DELAY": "10", "OTEL_EXPORTER_OTLP_TIMEOUT": "5"}.items():
+        monkeypatch.setenv(name, value)
+    return otlp_receiver

@@ -32,8 +32,10 @@ def torchserve(torchserve_store: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def private_torchserve(torchserve_store: Path, tmp_path: Path) -> Iterator[TorchServe]:
-    """A TorchServe of the test's own, serving `tiny` version 1 only: one a test may stop."""
-    server = TorchServe(torchserve_store, tmp_path / "ts", archives=("tiny.mar",))
+    """A TorchServe of the test's own, one it may stop: `tiny` version 1 and `streaming`, with
+    room for one waiting request per model (`job_queue_size=1`)."""
+    server = TorchServe(torchserve_store, tmp_path / "ts",
+                        archives=("tiny.mar", "streaming.mar"), properties=("job_queue_size=1",))
     server.start()
     yield server
     server.stop()

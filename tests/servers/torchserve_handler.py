@@ -4,9 +4,10 @@ the test archives carry, and (run as a script) the TorchScript model `tiny` serv
     tiny       softmax(scale * x)[:, :3] for `{"x": [[...4 floats]]}` or `[[...]]` rows, as
                `{"probabilities": [[...]]}`; declares its signature when TorchServe asks
     failing    raises on every request (TorchServe answers "Prediction failed")
-    streaming  `{"parts": n, "gate": path}`: n intermediate responses "part i\\n", then "done";
-               after the first it waits until `gate` exists, so a test can prove the first
-               part reached it before the handler went on
+    streaming  `{"parts": n, "gate": path, "fail": bool}`: n intermediate responses
+               "part i\\n", then "done"; after the first it waits until `gate` exists, so a
+               test can prove the first part reached it before the handler went on, and with
+               `fail` it raises there instead of going on
 
     .venv-torchserve/bin/python tests/servers/torchserve_handler.py OUT.pt SCALE
 """
@@ -72,6 +73,8 @@ def streaming(data: list[dict[str, Any]] | None, context: Any) -> list[Any] | No
                                            "Intermediate Prediction success", 200, context)
         if part == 0 and document.get("gate"):
             _wait_for(document["gate"])
+        if part == 0 and document.get("fail"):
+            raise RuntimeError("the streaming handler fails after its first part")
     return ["done\n"]
 
 

@@ -43,7 +43,8 @@ def tiny_answer(rows: list[list[float]], version: str = "1") -> np.ndarray:
     """What `tiny` answers, computed here: softmax(scale * x), first three columns."""
     scaled = np.asarray(rows, dtype=np.float64) * SCALES[version]
     exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
-    return (exp / exp.sum(axis=-1, keepdims=True))[:, :3]
+    probabilities: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return probabilities[:, :3]
 
 
 def require_torchserve() -> None:
@@ -105,10 +106,13 @@ class Ports:
 
 
 class TorchServe:
-    def __init__(self, store: Path, workdir: Path, archives: tuple[str, ...] = ARCHIVES) -> None:
+    def __init__(self, store: Path, workdir: Path, archives: tuple[str, ...] = ARCHIVES,
+                 properties: tuple[str, ...] = ()) -> None:
+        """`properties`: more config.properties lines, such as `job_queue_size=1`."""
         self.store = store
         self.workdir = workdir
         self.archives = archives
+        self.properties = properties
         self.ports = Ports.free()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -142,6 +146,7 @@ class TorchServe:
             "default_workers_per_model=1",
             f"model_store={self.store}",
             f"load_models={','.join(self.archives)}",
+            *self.properties,
             ""]))
         env = {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp),
                "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}

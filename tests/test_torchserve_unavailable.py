@@ -1,11 +1,13 @@
-"""TorchServe going away under a running gateway, and a backend with an endpoint that is gone:
-clear 503s for TorchServe's models while the in-process `demo` keeps serving, and requests that
-fail over to the endpoint that is up."""
+"""When TorchServe cannot take a request: it goes away under a running gateway (clear 503s for
+its models while the in-process `demo` keeps serving), its queue is full (503), or one of a
+backend's endpoints is gone (requests fail over to the one that is up)."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import aiohttp
 import grpc
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from protos.tensorflow_serving.apis import model_pb2, predict_pb2
 from tests.servers.running_gateway import StartGateway
 from tests.servers.tfserving_standin import stable_answer
 from tests.servers.torchserve_server import TorchServe, free_port, tiny_answer, torchserve_config
+from tests.waiting import wait_until
 
 pytest_plugins = ["tests.servers.fixtures", "tests.servers.torchserve"]
 
@@ -60,3 +63,29 @@ async def test_a_dead_endpoint_fails_over_to_the_live_one(
                                    rtol=1e-6)
     status = await gw.http.get("/v1/models/tiny")
     assert status.status == 200, await status.text()
+
+
+async def test_a_full_queue_is_503_and_the_queued_request_still_answers(
+        start_gateway: StartGateway, private_torchserve: TorchServe, tmp_path: Path) -> None:
+    gw = await start_gateway(torchserve_config(private_torchserve, models=("streaming",)))
+    gate = tmp_path / "gate"
+    busy = await gw.http.post("/predictions/streaming", json={"parts": 2, "gate": str(gate)})
+    assert await anext(busy.content.iter_chunks()) == (b"part 0\n", True)  # the worker waits
+    queued = asyncio.ensure_future(gw.http.post("/predictions/streaming", json={"parts": 1}))
+    describe = f"http://127.0.0.1:{private_torchserve.ports.management}/models/streaming"
+    async with aiohttp.ClientSession() as management:
+        async def pending() -> bool:
+            async with management.get(describe) as reply:
+                return bool((await reply.json())[0]["jobQueueStatus"]["pendingRequests"] == 1)
+
+        await wait_until(pending)
+
+    refused = await gw.http.post("/predictions/streaming", json={"parts": 1})
+    assert refused.status == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert "has no worker to serve inference request" in (await refused.json())["error"]
+
+    gate.touch()
+    assert [d async for d, _ in busy.content.iter_chunks() if d] == [b"part 1\n", b"done\n"]
+    answered = await queued
+    assert (answered.status, await answered.read()) == (200, b"part 0\ndone\n")

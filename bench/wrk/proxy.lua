@@ -1,0 +1,32 @@
+-- wrk script for bench/proxy.py: POSTs the same JSON body on every request and prints one
+-- machine-readable line at the end.
+--
+--   wrk -t1 -c16 -d5s --latency -s bench/wrk/proxy.lua \
+--       http://127.0.0.1:8080/v1/models/tfdemo:predict -- /path/to/body.json
+--
+-- The body is read from the file named by the first script argument (after `--`). `done`
+-- prints `BENCH key=value ...` with exact percentiles in microseconds. A reply other than
+-- 2xx/3xx counts in err_status (wrk's own rule); bench/proxy.py treats any error as a failed
+-- measurement.
+
+function init(args)
+   local path = args[1]
+   if path == nil then
+      error("usage: wrk ... -s proxy.lua URL -- BODY_FILE")
+   end
+   local file = assert(io.open(path, "rb"))
+   wrk.method = "POST"
+   wrk.body = file:read("*a")
+   file:close()
+   wrk.headers["Content-Type"] = "application/json"
+end
+
+function done(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      "BENCH requests=%d duration_us=%d bytes=%d p50_us=%d p90_us=%d p99_us=%d mean_us=%.1f "
+         .. "max_us=%d err_connect=%d err_read=%d err_write=%d err_status=%d err_timeout=%d\n",
+      summary.requests, summary.duration, summary.bytes,
+      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean,
+      latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+end
