@@ -13,10 +13,12 @@ from adapters.torchserve.endpoints import Balancer, GrpcEndpoint
 from adapters.torchserve.transport import PredictCall, Reply
 from gateway.config import TorchServeAdapterConfig
 from gateway.errors import BackendError
+from gateway.telemetry import propagation
 from protos.torchserve import inference_pb2, inference_pb2_grpc
 
 #: The input name TorchServe's own gRPC clients use; handlers read `data` (or REST's `body`).
 INPUT_NAME = "data"
+SERVICE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
 
 
 class InferenceEndpoint(GrpcEndpoint):
@@ -42,16 +44,20 @@ class GrpcInference:
 
     async def _unary(self, endpoint: InferenceEndpoint, request: Any, seconds: float) -> Reply:
         try:
-            reply = await endpoint.stub.Predictions(request, timeout=seconds)
+            with propagation.grpc_call(SERVICE, "Predictions", endpoint.address) as out:
+                reply = await endpoint.stub.Predictions(request, timeout=seconds,
+                                                        metadata=out.metadata)
         except grpc.aio.AioRpcError as exc:
             raise errors.from_grpc(exc, self._where(endpoint)) from None
         return Reply(reply.prediction)
 
     async def _stream(self, endpoint: InferenceEndpoint, request: Any, seconds: float) -> Reply:
         """The first part now (a failure before it may be retried elsewhere), the rest later."""
-        call = endpoint.stub.StreamPredictions(request, timeout=seconds)
         try:
-            first = await call.read()
+            with propagation.grpc_call(SERVICE, "StreamPredictions", endpoint.address) as out:
+                call = endpoint.stub.StreamPredictions(request, timeout=seconds,
+                                                       metadata=out.metadata)
+                first = await call.read()
         except grpc.aio.AioRpcError as exc:
             raise errors.from_grpc(exc, self._where(endpoint)) from None
         if first is grpc.aio.EOF:

@@ -14,6 +14,7 @@ from adapters.torchserve.endpoints import Balancer, Endpoint
 from adapters.torchserve.transport import PredictCall, Reply
 from gateway.config import TorchServeAdapterConfig
 from gateway.errors import BackendError, DeadlineExceeded, Unavailable
+from gateway.telemetry import propagation
 
 
 class RestInference:
@@ -35,10 +36,13 @@ class RestInference:
         where = f"TorchServe backend {self._backend} ({endpoint.address})"
         timeout = aiohttp.ClientTimeout(total=max(call.seconds, 0.001),
                                         sock_connect=self._connect_timeout_s)
-        headers = {"Content-Type": call.content_type} if call.content_type else None
+        headers = {"Content-Type": call.content_type} if call.content_type else {}
+        url = endpoint.address + path
         try:
-            response = await self._session.post(endpoint.address + path, data=call.body,
-                                                 headers=headers, timeout=timeout)
+            with propagation.http_call("POST", url) as out:
+                response = await self._session.post(url, data=call.body, timeout=timeout,
+                                                     headers={**headers, **out.headers})
+                out.span.set_attribute("http.response.status_code", response.status)
         except aiohttp.ClientConnectorError as exc:
             raise Unavailable(f"{where} is unreachable: {exc}", retry_after_s=1) from None
         except aiohttp.ClientError as exc:
