@@ -29,13 +29,12 @@ _STATUS_TIMEOUT_S = 5.0
 
 
 _PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
-_predict = Rpc(_PREDICTION_SERVICE, "Predict", lambda endpoint:
-               prediction_service_pb2_grpc.PredictionServiceStub(endpoint.channel).Predict)
-_metadata = Rpc(_PREDICTION_SERVICE, "GetModelMetadata", lambda endpoint:
-                prediction_service_pb2_grpc.PredictionServiceStub(endpoint.channel)
-                .GetModelMetadata)
-_status = Rpc("tensorflow.serving.ModelService", "GetModelStatus", lambda endpoint:
-              model_service_pb2_grpc.ModelServiceStub(endpoint.channel).GetModelStatus)
+_predict = Rpc(_PREDICTION_SERVICE, "Predict",
+               prediction_service_pb2_grpc.PredictionServiceStub)
+_metadata = Rpc(_PREDICTION_SERVICE, "GetModelMetadata",
+                prediction_service_pb2_grpc.PredictionServiceStub)
+_status = Rpc("tensorflow.serving.ModelService", "GetModelStatus",
+              model_service_pb2_grpc.ModelServiceStub)
 
 
 class TfServingAdapter:

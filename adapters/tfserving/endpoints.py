@@ -10,26 +10,10 @@ from typing import Any
 
 import grpc
 
+from adapters.endpoints import Balancer, GrpcEndpoint
 from gateway.config import TfServingAdapterConfig
 from gateway.errors import from_backend_code
 from gateway.telemetry import propagation
-
-
-class Endpoint:
-    def __init__(self, address: str, config: TfServingAdapterConfig) -> None:
-        self.address = address
-        self.outstanding = 0
-        self.channel = grpc.aio.insecure_channel(address, options=[
-            ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            # gRPC's connect timeout: without it a host that accepts but never answers holds
-            # each call for 20 s (or its whole deadline) instead of failing over
-            ("grpc.min_reconnect_backoff_ms", int(config.connect_timeout_s * 1000)),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ])
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,33 +22,35 @@ class Rpc:
 
     service: str
     method: str
-    on: Callable[[Endpoint], Any]
+    stub: Callable[[grpc.aio.Channel], Any]  # the generated stub class
+
+    def on(self, endpoint: GrpcEndpoint) -> Any:
+        return getattr(endpoint.stub(self.stub), self.method)
 
 
 class EndpointPool:
     def __init__(self, config: TfServingAdapterConfig) -> None:
         self._backend = config.name
-        self.endpoints = [Endpoint(address, config) for address in config.endpoints]
+        self._balancer = Balancer([GrpcEndpoint(address, config) for address in config.endpoints])
+        self.endpoints = self._balancer.endpoints
 
     async def call(self, rpc: Rpc, request: Any, *, seconds: float) -> Any:
         """Call `rpc` with `request` on the least busy endpoint, `seconds` at most."""
-        endpoint = min(self.endpoints, key=lambda e: e.outstanding)
-        for attempt in range(2):
-            endpoint.outstanding += 1
-            try:
-                with propagation.grpc_call(rpc.service, rpc.method, endpoint.address) as out:
-                    return await rpc.on(endpoint)(request, timeout=max(seconds, 0.001),
-                                                  metadata=out.metadata)
-            except grpc.aio.AioRpcError as exc:
-                others = [e for e in self.endpoints if e is not endpoint]
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt > 0 or not others:
-                    raise from_backend_code(
-                        exc.code().name, f"backend {self._backend} ({endpoint.address}): "
-                        f"{exc.details() or exc.code().name}") from None
-            finally:
-                endpoint.outstanding -= 1  # before `endpoint` names the retry's endpoint
-            endpoint = min(others, key=lambda e: e.outstanding)
-        raise AssertionError("unreachable")
+        return await self._balancer.call(lambda endpoint: self._attempt(endpoint, rpc, request,
+                                                                        seconds))
+
+    async def _attempt(self, endpoint: GrpcEndpoint, rpc: Rpc, request: Any,
+                       seconds: float) -> Any:
+        try:
+            with propagation.grpc_call(rpc.service, rpc.method, endpoint.address) as out:
+                return await rpc.on(endpoint)(request, timeout=max(seconds, 0.001),
+                                              metadata=out.metadata)
+        except grpc.aio.AioRpcError as exc:
+            # UNAVAILABLE (and RESOURCE_EXHAUSTED) become `Unavailable`: the balancer then
+            # tries another endpoint, since the call did not run
+            raise from_backend_code(
+                exc.code().name, f"backend {self._backend} ({endpoint.address}): "
+                f"{exc.details() or exc.code().name}") from None
 
     async def close(self) -> None:
         for endpoint in self.endpoints:

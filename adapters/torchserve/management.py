@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 import orjson
 
+from adapters.endpoints import Balancer, GrpcEndpoint
 from adapters.torchserve import errors
-from adapters.torchserve.endpoints import Balancer, GrpcEndpoint
 from gateway.config import TorchServeAdapterConfig
 from gateway.errors import BackendError
 from protos.torchserve import management_pb2, management_pb2_grpc
@@ -19,17 +19,11 @@ TIMEOUT_S = 5.0
 _PAGE = 1000  # TorchServe's largest page; it answers an unset (0) limit with no models
 
 
-class ManagementEndpoint(GrpcEndpoint):
-    def __init__(self, address: str, config: TorchServeAdapterConfig) -> None:
-        super().__init__(address, config)
-        self.stub = management_pb2_grpc.ManagementAPIsServiceStub(self.channel)
-
-
 class TorchServeManagement:
     def __init__(self, config: TorchServeAdapterConfig) -> None:
         self._backend = config.name
         self._balancer = Balancer(
-            [ManagementEndpoint(a, config) for a in config.management_endpoints])
+            [GrpcEndpoint(a, config) for a in config.management_endpoints])
 
     async def describe(self, model: str, version: str, *,
                        customized: bool = False) -> list[dict[str, Any]]:
@@ -55,9 +49,10 @@ class TorchServeManagement:
             token = int(page["nextPageToken"])
 
     async def _call(self, method: str, request: Any) -> Any:
-        async def attempt(endpoint: ManagementEndpoint) -> Any:
+        async def attempt(endpoint: GrpcEndpoint) -> Any:
             try:
-                reply = await getattr(endpoint.stub, method)(request, timeout=TIMEOUT_S)
+                stub = endpoint.stub(management_pb2_grpc.ManagementAPIsServiceStub)
+                reply = await getattr(stub, method)(request, timeout=TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
                 raise errors.from_grpc(exc, f"TorchServe backend {self._backend} "
                                             f"({endpoint.address})") from None

@@ -9,8 +9,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from adapters.endpoints import Balancer, Endpoint
 from adapters.torchserve import errors
-from adapters.torchserve.endpoints import Balancer, Endpoint
 from adapters.torchserve.transport import PredictCall, Reply
 from gateway.config import TorchServeAdapterConfig
 from gateway.errors import BackendError, DeadlineExceeded, Unavailable

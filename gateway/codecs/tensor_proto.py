@@ -28,11 +28,15 @@ _VALUE_FIELD = {
 }
 
 
+# Built once: looking names up in the enum descriptor per tensor shows in profiles.
+_BY_ENUM = {types_pb2.DataType.Value(tf): dtype for tf, dtype in dtypes.BY_TF.items()}
+
+
 def dtype_of(enum_value: int, name: str) -> DType:
-    tf_name = types_pb2.DataType.Name(enum_value) if enum_value in types_pb2.DataType.values() \
-        else str(enum_value)
-    dtype = dtypes.BY_TF.get(tf_name)
+    dtype = _BY_ENUM.get(enum_value)
     if dtype is None:
+        tf_name = types_pb2.DataType.Name(enum_value) \
+            if enum_value in types_pb2.DataType.values() else str(enum_value)
         raise BadRequest(f"tensor {name!r}: unsupported dtype {tf_name}")
     return dtype
 
