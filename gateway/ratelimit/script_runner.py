@@ -1,9 +1,11 @@
 """Runs one Lua script for many concurrent callers over few round trips, within a time bound,
 behind a circuit breaker.
 
-Calls queued in the same event-loop tick leave as one pipeline of EVALSHAs: one write, one
-read, one connection, however many requests arrived together. Each EVALSHA stays atomic on its
-own; the pipeline is not a transaction and need not be.
+Calls leave as one pipeline of EVALSHAs: one write, one read, one connection, however many
+requests arrived together. As in the dynamic batcher, a pipeline leaves at once when none is
+under way, and calls that arrive while one is under way leave together the moment it returns,
+so under load each round trip carries many checks and the per-check cost falls. Each EVALSHA
+stays atomic on its own; the pipeline is not a transaction and need not be.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class ScriptRunner:
         loop = asyncio.get_running_loop()
         call = _Call(keys, args, loop.create_future())
         self._pending.append(call)
-        if len(self._pending) == 1:
+        if len(self._pending) == 1 and not self._in_flight:
             loop.call_soon(self._flush)
         return await call.future
 
@@ -66,10 +68,16 @@ class ScriptRunner:
         await self._client.aclose()
 
     def _flush(self) -> None:
+        if not self._pending or self._in_flight:
+            return
         batch, self._pending = self._pending, []
         task = asyncio.ensure_future(self._run(batch))
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._flush()  # whatever queued meanwhile leaves now, as one pipeline
 
     async def _run(self, batch: list[_Call]) -> None:
         try:
