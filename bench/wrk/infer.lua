@@ -3,7 +3,8 @@
 --   wrk -t1 -c64 -d5s --latency -s bench/wrk/infer.lua http://127.0.0.1:8080/v2/models/mlp/infer \
 --       -- /path/to/body.json
 --
--- The body is read from the file named by the first script argument (after `--`). `done`
+-- The body is read from the file named by the first script argument (after `--`); an optional
+-- second argument names a file of extra request headers, one `Name: value` per line. `done`
 -- prints one machine-readable line, `BENCH key=value ...`, with exact percentiles in
 -- microseconds, so the caller does not have to parse wrk's rounded, unit-suffixed text.
 
@@ -17,6 +18,14 @@ function init(args)
    wrk.body = file:read("*a")
    file:close()
    wrk.headers["Content-Type"] = "application/json"
+   if args[2] ~= nil then
+      for line in io.lines(args[2]) do
+         local name, value = line:match("^([^:]+):%s*(.*)$")
+         if name ~= nil then
+            wrk.headers[name] = value
+         end
+      end
+   end
 end
 
 function done(summary, latency, requests)
