@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
+from gateway.errors import GatewayError
 from gateway.types import InferRequest, InferResponse, ModelMetadata, ModelRef, VersionStatus
 
 
@@ -55,3 +57,19 @@ class ModelStore(Protocol):
 
     async def delete_model(self, name: str) -> None:
         """Stop routing to `name`; requests already admitted finish."""
+
+
+async def configured_models_available(adapter: Adapter, names: Iterable[str]
+                                      ) -> tuple[bool, str]:
+    """A remote backend's readiness: every model configured for it has a version AVAILABLE
+    (asked of the backend itself, so a backend that is down or lost a model shows up)."""
+    missing = []
+    for name in names:
+        try:
+            statuses = await adapter.model_status(ModelRef(name))
+        except GatewayError as exc:
+            missing.append(f"{name} ({exc.message})")
+            continue
+        if not any(s.state == "AVAILABLE" for s in statuses):
+            missing.append(f"{name} (no version AVAILABLE)")
+    return (not missing, f"models not available: {', '.join(missing)}" if missing else "ok")

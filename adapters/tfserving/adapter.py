@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from adapters.base import configured_models_available
 from adapters.tfserving.endpoints import EndpointPool, Rpc
 from gateway.codecs import tensor_proto, tfserving_grpc
 from gateway.config import ModelConfig, TfServingAdapterConfig
@@ -102,16 +103,7 @@ class TfServingAdapter:
         return tfserving_grpc.statuses_from_response(reply)
 
     async def health(self) -> tuple[bool, str]:
-        missing = []
-        for name in self._models:
-            try:
-                statuses = await self.model_status(ModelRef(name))
-            except GatewayError as exc:
-                missing.append(f"{name} ({exc.message})")
-                continue
-            if not any(s.state == "AVAILABLE" for s in statuses):
-                missing.append(f"{name} (no version AVAILABLE)")
-        return (not missing, f"models not available: {', '.join(missing)}" if missing else "ok")
+        return await configured_models_available(self, self._models)
 
     def _forget_stale_signatures(self, ref: ModelRef, served_version: str | None) -> None:
         """Drop the cached signatures of what `ref` names (the latest version or a label, any

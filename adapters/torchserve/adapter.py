@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from adapters.base import configured_models_available
 from adapters.torchserve import describe
 from adapters.torchserve.grpc_inference import GrpcInference
 from adapters.torchserve.management import TorchServeManagement
@@ -122,16 +123,7 @@ class TorchServeAdapter:
             ref.model, self._version(ref) or "all"))
 
     async def health(self) -> tuple[bool, str]:
-        missing = []
-        for name in self._models:
-            try:
-                statuses = await self.model_status(ModelRef(name))
-            except GatewayError as exc:
-                missing.append(f"{name} ({exc.message})")
-                continue
-            if not any(s.state == "AVAILABLE" for s in statuses):
-                missing.append(f"{name} (no worker READY)")
-        return (not missing, f"models not available: {', '.join(missing)}" if missing else "ok")
+        return await configured_models_available(self, self._models)
 
     def _version(self, ref: ModelRef) -> str | None:
         """The version asked for, by number or label; None for TorchServe's default."""
