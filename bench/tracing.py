@@ -208,7 +208,8 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=15,
                         help="seconds to wait at most for idle cores before each mode's run")
     parser.add_argument("--modes", type=lambda text: text.split(","), default=list(MODES),
-                        help=f"comma-separated, of: {', '.join(MODES)} (default: all)")
+                        help=f"comma-separated, of: {', '.join(MODES)} (default: all)"
+                        .replace("%", "%%"))  # argparse formats help strings
     parser.add_argument("--json", type=Path)
     parser.add_argument("--baseline", type=Path,
                         help="also run, with tracing off, the gateway of this checkout")
