@@ -49,6 +49,8 @@ def passes_body(adapter: Adapter) -> bool:
 class ModelStore(Protocol):
     """An adapter whose models the management API may add, replace and delete."""
 
+    name: str
+
     async def create_model(self, name: str, data: bytes) -> VersionStatus:
         """Store `data` as version 1 of a new model, serving once loaded and warmed up."""
 

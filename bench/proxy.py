@@ -60,8 +60,10 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 if str(ROOT) not in sys.path:  # run as a script: import protos/ and tests/ from the repo
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+from batching import fmt, pct  # noqa: E402 (the report's number formats, shared)
 
-LUA = BENCH / "wrk" / "proxy.lua"
+LUA = BENCH / "wrk" / "infer.lua"  # shared with batching.py: POST a body, print BENCH stats
 ENVOY_TEMPLATE = BENCH / "envoy" / "transcoder.yaml.in"
 ENVOY_VENV = BENCH / ".venv-envoy"
 MODEL = "tfdemo"
@@ -756,14 +758,6 @@ def _short(frame: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Report
-
-
-def fmt(value: float | None, spec: str, empty: str = "-") -> str:
-    return empty if value is None else format(value, spec)
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f}%"
 
 
 def table(results: list[Result]) -> str:

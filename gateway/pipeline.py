@@ -105,7 +105,7 @@ class Pipeline:
                 adapter = self._router.route(ModelRef(model), context).adapter
             except NotFound:
                 adapter = None
-            if adapter is not None and adapter is not self._store:  # type: ignore[comparison-overlap]
+            if adapter is not None and (self._store is None or adapter.name != self._store.name):
                 raise MethodNotAllowed(f"model {model!r} is served by backend "
                                        f"{adapter.name!r}, which the gateway does not manage")
         if self._store is None:
@@ -143,7 +143,7 @@ class Pipeline:
                 return index, await call(target)
             except Unavailable as exc:
                 log.info("route %s: %s unavailable, trying the next target: %s",
-                            target.route, target.adapter.name, exc.message)
+                         target.route, target.adapter.name, exc.message)
                 self._metrics.fallbacks.labels(target.route, target.adapter.name).inc()
         return len(fallible), await call(last)
 

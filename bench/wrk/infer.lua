@@ -1,4 +1,4 @@
--- wrk script for bench/batching.py: POSTs the same JSON body on every request.
+-- wrk script for bench/batching.py, proxy.py and security.py: POSTs the same JSON body on every request.
 --
 --   wrk -t1 -c64 -d5s --latency -s bench/wrk/infer.lua http://127.0.0.1:8080/v2/models/mlp/infer \
 --       -- /path/to/body.json
