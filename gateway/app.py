@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from aiohttp import web
 
@@ -36,6 +37,9 @@ from gateway.routing import PolicyRouter, RouteTable
 from gateway.telemetry.setup import build_tracing
 
 log = logging.getLogger(__name__)
+
+
+CLOSE_STEP_S = 10.0  # longest a shutdown waits for one component
 
 
 class Gateway:
@@ -83,14 +87,22 @@ class Gateway:
             self._watcher.start()
 
     async def close(self) -> None:
+        """Each step is bounded: a dead Redis or backend must not hold up a shutdown."""
+        steps: list[tuple[str, Awaitable[None]]] = []
         if self._watcher is not None:
-            await self._watcher.close()
-        await self.policies.close()
-        await self.mirror.close()
-        await asyncio.gather(*(a.close() for a in self.adapters.values()))
-        await self.limiter.close()
+            steps.append(("policy watcher", self._watcher.close()))
+        steps += [("policies", self.policies.close()), ("mirror", self.mirror.close())]
+        steps += [(f"adapter {name}", a.close()) for name, a in self.adapters.items()]
+        steps.append(("rate limiter", self.limiter.close()))
         if self.tracing is not None:
-            await self.tracing.close()
+            steps.append(("tracing", self.tracing.close()))
+        for what, step in steps:
+            try:
+                async with asyncio.timeout(CLOSE_STEP_S):
+                    await step
+            except TimeoutError:
+                log.warning("shutdown: %s did not close within %.0f s; going on", what,
+                            CLOSE_STEP_S)
 
     def reload_policies(self) -> None:
         """SIGHUP: read the policy files now."""

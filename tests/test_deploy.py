@@ -122,7 +122,8 @@ def test_the_dashboard_is_well_formed() -> None:
 
 
 async def test_every_metric_the_dashboard_queries_is_exported(
-        make_client: Callable[..., Any], tmp_path: Path, redis_server: str) -> None:  # noqa: F811
+        redis_server: str, make_client: Callable[..., Any], tmp_path: Path) -> None:  # noqa: F811
+    # Redis first, so it is torn down after the gateway has closed.
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "limits.toml").write_text(

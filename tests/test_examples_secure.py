@@ -20,8 +20,9 @@ ROW = {"instances": [[1, 2, 3, 4]]}
 
 
 @pytest.fixture
-async def secure(aiohttp_client: Callable[..., object], redis_server: str,  # noqa: F811
+async def secure(redis_server: str, aiohttp_client: Callable[..., object],  # noqa: F811
                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[TestClient, bytes]]:
+    """Redis comes first, so it is torn down after the gateway has closed."""
     secret = secrets.token_urlsafe(48).encode()
     monkeypatch.setenv("GATEWAY_JWT_SECRET", secret.decode())
     monkeypatch.setenv("GATEWAY_REDIS_URL", redis_server)

@@ -23,8 +23,9 @@ burst = 1
 
 
 async def test_policy_limits_are_enforced_and_reloads_change_them(
-        make_client: Callable[..., Any], repo: Path, tmp_path: Path,
-        redis_server: str) -> None:  # noqa: F811
+        redis_server: str, make_client: Callable[..., Any], repo: Path,  # noqa: F811
+        tmp_path: Path) -> None:
+    # Redis first, so it is torn down after the gateway has closed.
     add_ab_model(repo)
     write_policy(tmp_path / "policies" / "limits.toml", TIGHT)
     client: TestClient = await make_client(

@@ -4,6 +4,7 @@ files agree on one version instead of flapping, and history (so rollback) is sha
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 import redis.asyncio
 from aiohttp.test_utils import TestClient
 
+from gateway.app import CLOSE_STEP_S
 from gateway.policy.loader import content_hash
 from gateway.policy.store import PolicyVersion
 from gateway.policy.sync import RedisPolicySync
@@ -34,9 +36,10 @@ def version_of(client: TestClient) -> int:
 
 
 @pytest.fixture
-def replica(make_client: MakeClient, repo: Path,
-            redis_server: str) -> Callable[..., Any]:  # noqa: F811
-    """Starts one more gateway sharing the test's Redis (and, if given, a policy directory)."""
+def replica(redis_server: str, make_client: MakeClient,  # noqa: F811
+            repo: Path) -> Callable[..., Any]:
+    """Starts one more gateway sharing the test's Redis (and, if given, a policy directory).
+    Redis comes first, so it is torn down last: the replicas close while it still runs."""
     add_ab_model(repo)
 
     async def start(directory: Path | None = None) -> TestClient:
@@ -130,3 +133,14 @@ async def test_publishing_numbers_once_per_content_and_never_below_the_floor(
     finally:
         await one.close()
         await other.close()
+
+
+async def test_a_replica_closes_promptly_when_redis_is_gone(
+        redis_process: RedisServer, make_client: MakeClient, repo: Path) -> None:  # noqa: F811
+    add_ab_model(repo)
+    client = await make_client(f'{AB_MODEL}\n[redis]\nurl = "{redis_process.url}"\n')
+    redis_process.kill()  # the policy listener is now reconnecting in a loop
+    started = time.monotonic()
+    await client.close()
+    # Every close step ended by itself: none needed the shutdown's per-step bound.
+    assert time.monotonic() - started < CLOSE_STEP_S

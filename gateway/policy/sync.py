@@ -98,8 +98,11 @@ class RedisPolicySync:
 
     async def close(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            # redis-py's pub/sub can absorb a cancellation while it reconnects to a Redis
+            # that is gone: cancel until the task ends (the caller bounds the wait)
+            while not self._listener.done():
+                self._listener.cancel()
+                await asyncio.wait({self._listener}, timeout=0.1)
         await self._client.aclose()
 
     async def _listen(self, on_connect: OnVersions, on_version: OnVersion) -> None:
