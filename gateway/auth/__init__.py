@@ -1,4 +1,5 @@
-"""Pipeline step 1, authentication: who is calling. JWT verification plugs in here."""
+"""Pipeline step 1, authentication: who is calling. `JwtAuthenticator` when `[auth]` is on,
+else `AnonymousAuthenticator`; `factory.build_authenticator` picks."""
 
 from __future__ import annotations
 
