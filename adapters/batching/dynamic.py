@@ -44,15 +44,6 @@ class _Pending:
     enqueued: float = field(default_factory=time.monotonic)
 
 
-@dataclass(slots=True)
-class BatchStats:
-    """What the last batches looked like; read by metrics and the benchmark."""
-
-    batches: int = 0
-    rows: int = 0
-    max_rows: int = 0
-
-
 class BatchObserver(Protocol):
     def batch_started(self, rows: int, waits: Iterable[float]) -> None:
         """A batch of `rows` starts; `waits`: how long each of its requests was queued."""
@@ -76,7 +67,6 @@ class DynamicBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._drained = asyncio.Event()
-        self.stats = BatchStats()
 
     @property
     def depth(self) -> int:
@@ -184,9 +174,6 @@ class DynamicBatcher:
         except Exception as exc:  # a failing batch fails only its own requests
             log.warning("model %s: batch of %d rows failed: %s", self._name, sum(rows), exc)
             results, error = None, BackendError(f"model {self._name} failed: {exc}")
-        self.stats.batches += 1
-        self.stats.rows += sum(rows)
-        self.stats.max_rows = max(self.stats.max_rows, sum(rows))
         for i, item in enumerate(batch):
             if item.future.done():
                 continue
