@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import fmt, markdown_table, pct
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk" / "infer.lua"
@@ -487,14 +488,6 @@ def _short(frame: str) -> str:
 # Report
 
 
-def fmt(value: float | None, spec: str, empty: str = "-") -> str:
-    return empty if value is None else format(value, spec)
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f}%"
-
-
 def contended(r: Result) -> bool:
     """The server's core was busy with more than the server: the run lost CPU to other load."""
     return (r.server_busy is not None and r.server_core_busy is not None
@@ -522,15 +515,7 @@ def table(results: list[Result]) -> str:
                      f"{pct(r.server_busy)} / {pct(r.server_core_busy)}"
                      + (" (!)" if contended(r) else ""),
                      f"{pct(r.client_busy)} / {pct(r.client_core_busy)}"])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":"
-                          for i, w in enumerate(widths)) + "|"
-    lines = [line(head), rule, *(line(r) for r in rows)]
+    lines = markdown_table(head, rows)
     if any(contended(r) for r in results):
         lines.append("(!) core 0 was busy with other processes too: the server got less than "
                      "its core, so req/s is low; CPU µs/req is still valid")

@@ -61,7 +61,7 @@ ROOT = BENCH.parent
 if str(ROOT) not in sys.path:  # run as a script: import protos/ and tests/ from the repo
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
-from batching import fmt, pct  # noqa: E402 (the report's number formats, shared)
+from common import fmt, markdown_table, pct  # noqa: E402 (the report's formatting, shared)
 
 LUA = BENCH / "wrk" / "infer.lua"  # shared with batching.py: POST a body, print BENCH stats
 ENVOY_TEMPLATE = BENCH / "envoy" / "transcoder.yaml.in"
@@ -777,15 +777,7 @@ def table(results: list[Result]) -> str:
                      + (" (!)" if contended(r, 0) else ""),
                      f"{pct(r.ours1_busy)} / {pct(r.core1_busy)}"
                      + (" (!)" if contended(r, 1) else "")])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":"
-                          for i, w in enumerate(widths)) + "|"
-    lines = [line(head), rule, *(line(r) for r in rows)]
+    lines = markdown_table(head, rows)
     if any(contended(r) for r in results):
         lines.append("(!) a core was over 10 points busier than our processes on it: other "
                      "load on the machine slowed that run (CPU µs/req is still comparable)")

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 from batching import LUA, Server, progress  # noqa: E402
+from common import DEMO_CONFIG  # noqa: E402
 
 from tests.redis_server import running_redis  # noqa: E402
 
@@ -39,20 +40,6 @@ SERVER_CPU, CLIENT_CPU = 0, 1
 BODY = {"instances": [[1.0, 2.0, 3.0, 4.0]]}
 SETUPS = ("off", "hs256", "limiter", "hs256+limiter", "rs256+limiter")
 
-BASE = f"""\
-[server]
-host = "127.0.0.1"
-access_log = false
-log_level = "warning"
-
-[adapters.local]
-kind = "onnx"
-repository = "{ROOT / 'models'}"
-poll_interval_s = 3600.0
-
-[models.demo]
-adapter = "local"
-"""
 
 AUTH = """
 [auth]
@@ -114,11 +101,11 @@ def write_setups(tmp: Path, redis_url: str) -> dict[str, tuple[Path, str]]:
     rs_auth = AUTH.format(key=f'algorithms = ["RS256"]\nkey_file = "{public}"')
     limiter = LIMITER.format(redis=redis_url, policies=policies)
     hs_token = jwt.encode(claims, secret.hex().encode(), algorithm="HS256")
-    setups = {"off": (BASE, ""),
-              "hs256": (BASE + hs_auth, hs_token),
-              "limiter": (BASE + limiter, ""),
-              "hs256+limiter": (BASE + hs_auth + limiter, hs_token),
-              "rs256+limiter": (BASE + rs_auth + limiter,
+    setups = {"off": (DEMO_CONFIG, ""),
+              "hs256": (DEMO_CONFIG + hs_auth, hs_token),
+              "limiter": (DEMO_CONFIG + limiter, ""),
+              "hs256+limiter": (DEMO_CONFIG + hs_auth + limiter, hs_token),
+              "rs256+limiter": (DEMO_CONFIG + rs_auth + limiter,
                                 jwt.encode(claims, private, algorithm="RS256"))}
     written = {}
     for name, (text, token) in setups.items():
