@@ -9,15 +9,27 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.auth.config import AuthConfig, parse_auth_config
+from gateway.codecs.budget import DecodeBudget
 from gateway.policy.config import PoliciesConfig, parse_policies_config
 from gateway.ratelimit.config import RedisConfig, parse_redis_config
 from gateway.telemetry.config import TracingConfig, parse_tracing_config
 from gateway.tomlconfig import ConfigError, Source, Table
 
-__all__ = ["BatchingConfig", "ConfigError", "GatewayConfig", "ModelConfig", "ServerConfig",
-           "load_config"]
+__all__ = ["BatchingConfig", "ConfigError", "GatewayConfig", "GrpcServerConfig", "ModelConfig",
+           "ServerConfig", "load_config"]
 
 ADAPTER_KINDS = ("onnx", "tfserving", "torchserve")
+
+
+@dataclass(frozen=True)
+class GrpcServerConfig:
+    """HTTP/2 hygiene of the gRPC listener (defaults in line with Envoy's and gRPC's own)."""
+
+    max_concurrent_streams: int = 100
+    min_ping_interval_s: float = 10.0  # pings more often than this are answered with GOAWAY
+    max_connection_idle_s: float = 300.0
+    max_connection_age_s: float = 1800.0  # long-lived channels reconnect and rebalance
+    max_connection_age_grace_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -25,11 +37,24 @@ class ServerConfig:
     host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_port: int = 8500
+    # Counted as bytes arrive, after decompression; gRPC messages have the same cap.
     max_body_bytes: int = 16 * 1024 * 1024
     max_upload_bytes: int = 512 * 1024 * 1024
     request_timeout_ms: int = 30_000
     log_level: str = "info"
     access_log: bool = True
+    # Connection hygiene (HTTP)
+    max_connections: int = 10_000  # open HTTP connections per process; more are closed
+    header_timeout_s: float = 10.0  # to send a request line and headers
+    keepalive_timeout_s: float = 60.0  # an idle keep-alive connection closes after this
+    max_request_line_bytes: int = 8190
+    max_header_bytes: int = 8190  # one header field
+    max_headers: int = 100
+    # Shedding before a body is read (503 + Retry-After)
+    max_inflight: int = 512  # requests in progress in the process
+    max_inflight_per_model: int = 128
+    decode: DecodeBudget = DecodeBudget()
+    grpc: GrpcServerConfig = GrpcServerConfig()
 
 
 @dataclass(frozen=True)
@@ -149,6 +174,48 @@ def _server(t: Table) -> ServerConfig:
         log_level=t.text("log_level", d.log_level,
                          choices=("debug", "info", "warning", "error")),
         access_log=t.flag("access_log", d.access_log),
+        max_connections=t.integer("max_connections", d.max_connections, minimum=1),
+        header_timeout_s=t.number("header_timeout_s", d.header_timeout_s, minimum=0.1),
+        keepalive_timeout_s=t.number("keepalive_timeout_s", d.keepalive_timeout_s, minimum=0),
+        max_request_line_bytes=t.integer("max_request_line_bytes", d.max_request_line_bytes,
+                                         minimum=256),
+        max_header_bytes=t.integer("max_header_bytes", d.max_header_bytes, minimum=256),
+        max_headers=t.integer("max_headers", d.max_headers, minimum=8),
+        max_inflight=t.integer("max_inflight", d.max_inflight, minimum=1),
+        max_inflight_per_model=t.integer("max_inflight_per_model", d.max_inflight_per_model,
+                                         minimum=1),
+        decode=_decode(t.table("decode")),
+        grpc=_grpc_server(t.table("grpc")),
+    )
+    t.finish()
+    return config
+
+
+def _decode(t: Table) -> DecodeBudget:
+    d = DecodeBudget()
+    budget = DecodeBudget(
+        max_tensor_elements=t.integer("max_tensor_elements", d.max_tensor_elements, minimum=1),
+        max_request_elements=t.integer("max_request_elements", d.max_request_elements,
+                                       minimum=1),
+        max_batch_rows=t.integer("max_batch_rows", d.max_batch_rows, minimum=1),
+        max_dims=t.integer("max_dims", d.max_dims, minimum=1, maximum=64),
+    )
+    t.finish()
+    return budget
+
+
+def _grpc_server(t: Table) -> GrpcServerConfig:
+    d = GrpcServerConfig()
+    config = GrpcServerConfig(
+        max_concurrent_streams=t.integer("max_concurrent_streams", d.max_concurrent_streams,
+                                         minimum=1),
+        min_ping_interval_s=t.number("min_ping_interval_s", d.min_ping_interval_s, minimum=0),
+        max_connection_idle_s=t.number("max_connection_idle_s", d.max_connection_idle_s,
+                                       minimum=1),
+        max_connection_age_s=t.number("max_connection_age_s", d.max_connection_age_s,
+                                      minimum=1),
+        max_connection_age_grace_s=t.number("max_connection_age_grace_s",
+                                            d.max_connection_age_grace_s, minimum=0),
     )
     t.finish()
     return config

@@ -112,9 +112,16 @@ class Pipeline:
             raise MethodNotAllowed("no in-process model store is configured")
         return self._store
 
+    async def authenticate(self, context: RequestContext) -> None:
+        """Step 1 alone: doors call it from the headers, before they read or decode a body,
+        so an anonymous caller cannot make the gateway spend on one."""
+        if not context.authenticated:
+            context.principal = await self._authenticator.authenticate(context)
+            context.authenticated = True
+
     async def admit(self, context: RequestContext, verb: Verb, model: str | None = None) -> None:
         """Steps 1 and 2, for every call, the admin API's included."""
-        context.principal = await self._authenticator.authenticate(context)
+        await self.authenticate(context)
         self._authorizer.authorize(context.principal, verb, model)
 
     async def _admit(self, context: RequestContext, verb: Verb, ref: ModelRef) -> Target:

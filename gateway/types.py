@@ -72,6 +72,9 @@ class RequestContext:
     headers: Mapping[str, str]
     deadline: float  # time.monotonic() seconds
     principal: Principal = field(default_factory=Principal)
+    #: Set once `principal` is verified: doors authenticate before they read a body, and the
+    #: pipeline does not do it twice.
+    authenticated: bool = False
     #: Set by pipeline steps (rate-limit state, the variant taken); every front end sends
     #: them with the reply, errors included.
     reply_headers: dict[str, str] = field(default_factory=dict)
