@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import Gateway
 from gateway.config import load_config
 from tests.onnx_models import demo_bytes, multi_io_bytes, slow_bytes
+from tests.waiting import models_loaded
 
 
 def put_model(repo: Path, name: str, version: int, data: bytes) -> Path:
@@ -36,9 +37,11 @@ WriteConfig = Callable[..., Path]
 
 @pytest.fixture
 def write_config(tmp_path: Path, repo: Path) -> WriteConfig:
-    """Writes a gateway.toml over `repo`; `extra` is appended TOML."""
+    """Writes a gateway.toml over `repo`; `extra` is appended TOML, the keywords go into
+    their tables."""
 
-    def write(extra: str = "", *, batching: str = "", server: str = "") -> Path:
+    def write(extra: str = "", *, batching: str = "", server: str = "",
+              adapter: str = "") -> Path:
         path = tmp_path / "gateway.toml"
         path.write_text(textwrap.dedent(f"""\
             [server]
@@ -49,6 +52,7 @@ def write_config(tmp_path: Path, repo: Path) -> WriteConfig:
             kind = "onnx"
             repository = "{repo}"
             poll_interval_s = 0.05
+            {adapter}
 
             [adapters.local.batching]
             {batching}
@@ -74,6 +78,7 @@ async def make_client(aiohttp_client: Callable[..., object],
         gateway = Gateway(load_config(write_config(extra, **kwargs)))
         client = await aiohttp_client(gateway.http_app())  # type: ignore[operator]
         client.gateway = gateway  # type: ignore[attr-defined]
+        await models_loaded(gateway)  # models load after the gateway starts
         return client  # type: ignore[no-any-return]
 
     return make

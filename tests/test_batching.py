@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext
 
 from adapters.batching import DynamicBatcher
-from adapters.onnx.session import load_session
+from adapters.onnx.session import SessionSettings, load_session
 from gateway.config import BatchingConfig
 from gateway.errors import BackendError, DeadlineExceeded, QueueFull, Unavailable
 from gateway.telemetry import spans
@@ -89,7 +89,7 @@ def test_batched_equals_unbatched(rows: list[int], max_batch: int, slots: int, d
 @settings(max_examples=20, deadline=None)
 @given(rows=st.lists(st.integers(1, 5), min_size=1, max_size=12))
 def test_batched_equals_unbatched_on_onnx_runtime(rows: list[int]) -> None:
-    session = load_session(demo_bytes(), intra_op_threads=1, inter_op_threads=1)
+    session = load_session(demo_bytes(), SessionSettings())
     rng = np.random.default_rng(sum(rows))
     payloads = [rng.standard_normal((n, 4)).astype(np.float32) for n in rows]
 

@@ -7,10 +7,20 @@ import re
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as reply:
+            return reply.status == 200
+    except urllib.error.HTTPError:
+        return False
 
 
 def test_serve_answers_then_stops_cleanly_on_sigterm() -> None:
@@ -26,6 +36,10 @@ def test_serve_answers_then_stops_cleanly_on_sigterm() -> None:
                 port = int(match.group(1))
                 break
         assert port, "gateway did not report its port"
+        ready_by = time.monotonic() + 30  # the doors open before the models have loaded
+        while not ready(port):
+            assert time.monotonic() < ready_by, "gateway never became ready"
+            time.sleep(0.01)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/models/demo:predict", method="POST",
             data=json.dumps({"instances": [[1, 2, 3, 4]]}).encode())

@@ -14,6 +14,7 @@ from gateway.app import Gateway
 from gateway.auth.mint import mint_token
 from gateway.config import load_config
 from tests.redis_server import redis_server  # noqa: F401 (a fixture)
+from tests.waiting import models_loaded
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "secure" / "gateway.toml"
 ROW = {"instances": [[1, 2, 3, 4]]}
@@ -26,7 +27,9 @@ async def secure(redis_server: str, aiohttp_client: Callable[..., object],  # no
     secret = secrets.token_urlsafe(48).encode()
     monkeypatch.setenv("GATEWAY_JWT_SECRET", secret.decode())
     monkeypatch.setenv("GATEWAY_REDIS_URL", redis_server)
-    client = await aiohttp_client(Gateway(load_config(EXAMPLE)).http_app())  # type: ignore[operator]
+    gateway = Gateway(load_config(EXAMPLE))
+    client = await aiohttp_client(gateway.http_app())  # type: ignore[operator]
+    await models_loaded(gateway)
     yield client, secret  # type: ignore[misc]
 
 

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import put_model
-from tests.onnx_models import scaled_demo_bytes
+from adapters.onnx import OnnxAdapter
+from adapters.onnx.probe import checks_in_flight
+from gateway.app import Gateway
+from gateway.config import ConfigError, OnnxAdapterConfig, load_config
+from tests.conftest import WriteConfig, put_model
+from tests.onnx_models import (
+    demo_bytes,
+    memory_bomb_bytes,
+    multi_io_bytes,
+    scaled_demo_bytes,
+    slow_warm_up_bytes,
+)
 from tests.waiting import wait_until
 
 V2_BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
@@ -110,3 +122,99 @@ async def test_readyz_names_a_configured_model_that_is_missing(
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/v2/health/ready")).status == 503
     await client.close()
+
+
+async def ready(client: TestClient) -> tuple[int, str]:
+    reply = await client.get("/readyz")
+    return reply.status, (await reply.json()).get("error", "")
+
+
+async def test_the_gateway_serves_ready_models_while_others_load(
+        aiohttp_client: Callable[..., object], write_config: WriteConfig, repo: Path) -> None:
+    put_model(repo, "sluggish", 1, slow_warm_up_bytes())  # about a minute of warm-up
+    gateway = Gateway(load_config(write_config()))
+    client: TestClient = await aiohttp_client(gateway.http_app())  # type: ignore[operator]
+
+    async def demo_serves() -> bool:
+        return (await client.post("/v2/models/demo/infer", json=V2_BODY)).status == 200
+
+    await wait_until(demo_serves, within=30)
+    assert await served_versions(client, "sluggish") == {"1": "LOADING"}
+    assert await ready(client) == (503, "not ready: local: models loading: sluggish")
+    reply = await client.post("/v1/models/sluggish:predict", json={"instances": [[0.0] * 1024]})
+    assert reply.status == 503 and "still loading" in (await reply.json())["error"]
+
+    assert (await client.delete("/models/sluggish")).status == 200  # stops its load
+    assert await ready(client) == (200, "")
+    await wait_until(lambda: checks_in_flight() == 0)  # its check was killed
+
+
+async def test_a_restart_with_broken_models_serves_the_others(
+        make_client: Callable[..., object], repo: Path) -> None:
+    put_model(repo, "broken", 1, b"not an onnx model")
+    put_model(repo, "bomb", 1, memory_bomb_bytes())
+    put_model(repo, "demo", 2, b"junk")  # the latest version fails: version 1 serves
+    client: TestClient = await make_client(  # type: ignore[operator]
+        '[models.broken]\nadapter = "local"\n',
+        adapter="load_memory_bytes = 268435456\nrun_memory_bytes = 0")
+    assert await served_versions(client, "demo") == {"1": "AVAILABLE", "2": "END"}
+    assert await served_versions(client, "multi") == {"1": "AVAILABLE"}
+    bomb = await (await client.get("/models/bomb")).json()
+    assert bomb["versions"] == [{"version": "1", "state": "END", "error": (
+        "loading and warming up the model on one row needs more than load_memory_bytes = "
+        "268435456 bytes (256 MiB)")}]
+    broken = await (await client.get("/models/broken")).json()
+    assert broken["versions"][0]["error"].startswith("not a loadable ONNX model")
+    # A model named in config must serve for the gateway to be ready; the others may fail.
+    assert await ready(client) == (503, "not ready: local: models not loaded: broken")
+    assert (await client.post("/v2/models/demo/infer", json=V2_BODY)).status == 200
+
+    adapter = client.gateway.adapters["local"]  # type: ignore[attr-defined]
+    assert isinstance(adapter, OnnxAdapter)
+    await adapter.sync()  # a failed file is not tried again...
+    assert not any(model.loading for model in adapter._models.values())
+    put_model(repo, "broken", 1, multi_io_bytes())  # ...until it changes
+
+    async def broken_fixed() -> bool:
+        return await served_versions(client, "broken") == {"1": "AVAILABLE"}
+
+    await wait_until(broken_fixed)
+    assert await ready(client) == (200, "")
+
+
+async def test_a_slow_upload_holds_up_no_other_model(
+        make_client: Callable[..., object], repo: Path) -> None:
+    client: TestClient = await make_client()  # type: ignore[operator]
+    slow_upload = asyncio.create_task(
+        client.post("/models?name=sluggish", data=io.BytesIO(slow_warm_up_bytes())))
+    await wait_until(lambda: checks_in_flight() == 1)  # its check is running
+
+    created = await client.post("/models?name=fresh", data=demo_bytes())
+    assert created.status == 201, await created.text()
+    replaced = await client.put("/models/demo", data=scaled_demo_bytes(2.0))
+    assert replaced.status == 201, await replaced.text()
+    served = await client.post("/v2/models/demo/infer", json=V2_BODY)
+    assert served.status == 200 and (await served.json())["model_version"] == "2"
+    assert (await client.delete("/models/multi")).status == 200
+    assert not slow_upload.done()  # all of the above happened while it was being checked
+
+    slow_upload.cancel()  # the client goes away: its check stops and its file goes
+    await wait_until(lambda: checks_in_flight() == 0)
+    await wait_until(lambda: sorted(p.name for p in repo.iterdir()) == ["demo", "fresh", "slow"])
+    assert (await client.get("/models/sluggish")).status == 404
+
+
+def test_load_limits_are_read_from_config(write_config: WriteConfig) -> None:
+    config = load_config(write_config(adapter=(
+        "load_timeout_s = 2.5\nload_memory_bytes = 134217728\nload_concurrency = 3\n"
+        "run_memory_bytes = 0")))
+    adapter = config.adapters["local"]
+    assert isinstance(adapter, OnnxAdapterConfig)
+    assert (adapter.load_timeout_s, adapter.load_memory_bytes, adapter.load_concurrency,
+            adapter.run_memory_bytes) == (2.5, 134217728, 3, 0)
+    defaults = load_config(write_config()).adapters["local"]
+    assert isinstance(defaults, OnnxAdapterConfig)
+    assert (defaults.load_timeout_s, defaults.load_memory_bytes, defaults.load_concurrency,
+            defaults.run_memory_bytes) == (60.0, 2 * 1024**3, 2, 2 * 1024**3)
+    with pytest.raises(ConfigError, match=r"adapters\.local\.load_concurrency"):
+        load_config(write_config(adapter="load_concurrency = 0"))

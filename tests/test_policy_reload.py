@@ -152,6 +152,13 @@ repository = "{repo}"
         if "listening on http://" in line:
             port = int(line.rsplit(":", 1)[1])
     drain = asyncio.ensure_future(child.stderr.read())  # keep the pipe from filling up
+    async with aiohttp.ClientSession() as session:  # the doors open before the models load
+
+        async def ready() -> bool:
+            async with session.get(f"http://127.0.0.1:{port}/readyz") as reply:
+                return reply.status == 200
+
+        await wait_until(ready, within=30)
     yield child, port
     child.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(child.wait(), 30) == 0

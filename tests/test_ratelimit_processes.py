@@ -69,6 +69,16 @@ async def two_gateways(tmp_path: Path, write_config: Callable[..., Path],
         for gateway in gateways:
             await gateway.start()
         await wait_until(lambda: all(g.listening() for g in gateways), within=60)
+        async with aiohttp.ClientSession() as session:  # the doors open before the models load
+
+            async def ready() -> bool:
+                for gateway in gateways:
+                    async with session.get(f"http://127.0.0.1:{gateway.port}/readyz") as reply:
+                        if reply.status != 200:
+                            return False
+                return True
+
+            await wait_until(ready, within=60)
         yield gateways
     finally:
         await asyncio.gather(*(gateway.stop() for gateway in gateways))

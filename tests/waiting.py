@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 
 async def wait_until(condition: Callable[[], bool | Awaitable[bool]],
@@ -21,3 +22,13 @@ async def wait_until(condition: Callable[[], bool | Awaitable[bool]],
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(0.005)
+
+
+async def models_loaded(gateway: Any) -> None:
+    """Wait until every in-process model of the first repository scan has loaded (or failed):
+    a gateway serves while they load, and tests want them served."""
+    from adapters.onnx import OnnxAdapter
+
+    for adapter in gateway.adapters.values():
+        if isinstance(adapter, OnnxAdapter):
+            await adapter.startup_settled()

@@ -33,36 +33,60 @@ class ModelRepository:
         if not self.root.is_dir():
             return found
         for model_dir in self.root.iterdir():
-            if not model_dir.is_dir() or not MODEL_NAME.match(model_dir.name):
-                continue
-            versions = {}
-            for version_dir in model_dir.iterdir():
-                path = version_dir / MODEL_FILE
-                if version_dir.name.isdigit() and int(version_dir.name) > 0 and path.is_file():
-                    versions[int(version_dir.name)] = VersionFile(
-                        int(version_dir.name), path, path.stat().st_mtime_ns)
-            found[model_dir.name] = versions
+            if model_dir.is_dir() and MODEL_NAME.match(model_dir.name):
+                found[model_dir.name] = self.versions(model_dir.name)
         return found
 
-    def write(self, name: str, version: int, data: bytes) -> VersionFile:
-        """Place a model file atomically, so a concurrent scan never sees half of it."""
-        target = self.root / name / str(version)
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def versions(self, name: str) -> dict[int, VersionFile]:
+        """The numbered versions of one model that hold a model file."""
+        versions: dict[int, VersionFile] = {}
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            return versions
+        for version_dir in model_dir.iterdir():
+            path = version_dir / MODEL_FILE
+            if version_dir.name.isdigit() and int(version_dir.name) > 0 and path.is_file():
+                versions[int(version_dir.name)] = VersionFile(
+                    int(version_dir.name), path, path.stat().st_mtime_ns)
+        return versions
+
+    def stage(self, data: bytes) -> Path:
+        """Write an upload where scans do not look (a name starting with '.'); the model file
+        in it can be checked before `place` moves it into the repository."""
+        self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=self.root))
         try:
             (staging / MODEL_FILE).write_bytes(data)
-            os.rename(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        return staging / MODEL_FILE
+
+    def place(self, staged: Path, name: str, version: int) -> VersionFile:
+        """Move a staged upload in as `name`'s `version` at once, so a scan never sees half of
+        it. Raises `FileExistsError` if that version exists."""
+        target = self.root / name / str(version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            raise FileExistsError(target)
+        os.rename(staged.parent, target)
         path = target / MODEL_FILE
         return VersionFile(version, path, path.stat().st_mtime_ns)
 
-    def remove(self, name: str) -> None:
-        """Move the model out of sight at once, then delete it."""
-        source = self.root / name
+    @staticmethod
+    def discard(staged: Path) -> None:
+        """Delete a staged upload that was not placed (no-op once it was)."""
+        if staged.parent.name.startswith(".upload-"):
+            shutil.rmtree(staged.parent, ignore_errors=True)
+
+    def hide(self, name: str) -> Path:
+        """Move the model out of sight at once; `purge` deletes what this returns."""
         graveyard = Path(tempfile.mkdtemp(prefix=".deleted-", dir=self.root))
-        os.rename(source, graveyard / name)
+        os.rename(self.root / name, graveyard / name)
+        return graveyard
+
+    @staticmethod
+    def purge(graveyard: Path) -> None:
         shutil.rmtree(graveyard, ignore_errors=True)
 
 
