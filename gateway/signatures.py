@@ -26,6 +26,18 @@ def check_inputs(signature: ModelMetadata, inputs: Tensors) -> None:
         if not shape_matches(spec.shape, array.shape):
             raise BadRequest(f"input {spec.name!r}: expected shape {list(spec.shape)}, "
                              f"got {list(array.shape)}")
+    check_batch(signature, inputs)
+
+
+def check_batch(signature: ModelMetadata, inputs: Tensors) -> None:
+    """Inputs whose leading dim is the model's batch dim (-1) must agree on it: a request is
+    one batch, and the batcher merges and splits requests by it."""
+    rows = {spec.name: inputs[spec.name].shape[0] for spec in signature.inputs
+            if spec.shape and spec.shape[0] < 0}
+    if len(set(rows.values())) > 1:
+        described = ", ".join(f"{name!r} has {count}" for name, count in sorted(rows.items()))
+        raise BadRequest(f"inputs differ in batch size ({described}); every input of a "
+                         "request must have the same number of rows")
 
 
 def check_outputs(signature: ModelMetadata, requested: tuple[str, ...] | None) -> None:

@@ -27,7 +27,7 @@ from gateway.codecs.tfserving_json import (
     parse_predict,
 )
 from gateway.dtypes import BY_V2
-from gateway.errors import BadRequest, GatewayError
+from gateway.errors import BadRequest
 from gateway.types import ModelMetadata, Tensors, TensorSpec, VersionStatus
 
 
@@ -386,16 +386,19 @@ def test_multiple_outputs_columnar_is_object_of_named_outputs() -> None:
         "scores": [[0.1, 0.9]], "label": [1, 0, 2]}}
 
 
-def test_multiple_outputs_mismatched_batch_row_format_is_gateway_error() -> None:
+def test_multiple_outputs_mismatched_batch_row_format_is_bad_request() -> None:
+    # TF Serving answers this with INVALID_ARGUMENT (400), in these words (json_tensor.cc,
+    # MakeRowFormatJsonFromTensors): the client can ask for the columnar format instead.
     outputs = {"a": np.array([1.0, 2.0], np.float32), "b": np.array([1, 2, 3], np.int64)}
-    with pytest.raises(GatewayError, match="differ in batch size") as caught:
+    with pytest.raises(BadRequest, match="differ in batch size") as caught:
         encode_predict(outputs, row_format=True)
-    assert not isinstance(caught.value, BadRequest)  # the model's fault, not the client's
+    assert "Tensor name: b has inconsistent batch size: 3 expecting: 2" in caught.value.message
+    assert caught.value.http_status == 400
 
 
-def test_multiple_outputs_with_scalar_row_format_is_gateway_error() -> None:
+def test_multiple_outputs_with_scalar_row_format_is_bad_request() -> None:
     outputs = {"a": np.array([1.0, 2.0], np.float32), "b": np.array(3, np.int64)}
-    with pytest.raises(GatewayError, match="differ in batch size"):
+    with pytest.raises(BadRequest, match="Tensor name: b has no shape information"):
         encode_predict(outputs, row_format=True)
 
 

@@ -3,7 +3,13 @@ a client declares, before memory is allocated for them (docs/security.md lists t
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from gateway.errors import BadRequest, PayloadTooLarge
+
+_SECTION = "[server.decode]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,6 +18,71 @@ class DecodeBudget:
     max_request_elements: int = 8 * 1024 * 1024  # all inputs of one request together
     max_batch_rows: int = 65_536                  # leading dim of a request's batch
     max_dims: int = 32                            # rank of one tensor (numpy's own cap is 64)
+
+    def check_rank(self, name: str, rank: int) -> None:
+        if rank > self.max_dims:
+            raise BadRequest(f"tensor {name!r} has {rank} dimensions; the limit is "
+                             f"{self.max_dims} ({_SECTION} max_dims)")
+
+    def check_nesting(self, name: str, depth: int) -> None:
+        """Lists nested deeper than a tensor may have dimensions, refused before recursing."""
+        if depth > self.max_dims:
+            raise BadRequest(f"tensor {name!r} is nested more than {self.max_dims} lists deep; "
+                             f"the limit is {self.max_dims} dimensions ({_SECTION} max_dims)")
+
+    def check_shape(self, name: str, shape: Sequence[int], *, batch: bool = True) -> int:
+        """The element count of a client-declared shape; refuses a shape over budget before
+        anything is allocated (Python ints: no overflow, however large the dims). `batch`:
+        the leading dim is the tensor's rows (not when the shape is only how its data is
+        grouped, as v2's flat `data`)."""
+        self.check_rank(name, len(shape))
+        if any(d < 0 for d in shape):
+            raise BadRequest(f"tensor {name!r}: shape {list(shape)} has a negative dim")
+        count = math.prod(shape)
+        if count > self.max_tensor_elements:
+            raise PayloadTooLarge(
+                f"tensor {name!r} has {'x'.join(map(str, shape))} = {count} elements; the "
+                f"limit is {self.max_tensor_elements} ({_SECTION} max_tensor_elements)")
+        if count == 0 and shape and max(shape) > self.max_tensor_elements:
+            # no elements, but a dim no tensor within budget has (numpy cannot even hold 2**63)
+            raise PayloadTooLarge(
+                f"tensor {name!r} has a dim of {max(shape)}; the limit is "
+                f"{self.max_tensor_elements} ({_SECTION} max_tensor_elements)")
+        if batch and shape and shape[0] > self.max_batch_rows:
+            raise PayloadTooLarge(
+                f"tensor {name!r} has {shape[0]} rows; the limit is {self.max_batch_rows} "
+                f"({_SECTION} max_batch_rows)")
+        return count
+
+    def check_rows(self, rows: int) -> None:
+        """Rows a request declares before its tensors are built (TF Serving's `instances`)."""
+        if rows > self.max_batch_rows:
+            raise PayloadTooLarge(f"the request has {rows} rows; the limit is "
+                                  f"{self.max_batch_rows} ({_SECTION} max_batch_rows)")
+
+    def request(self) -> RequestTally:
+        """A tally of one request's tensors against the request-wide limit."""
+        return RequestTally(self)
+
+
+class RequestTally:
+    """One request's tensors so far: each within the tensor budget, all within the request's."""
+
+    __slots__ = ("budget", "elements")
+
+    def __init__(self, budget: DecodeBudget) -> None:
+        self.budget = budget
+        self.elements = 0
+
+    def add(self, name: str, shape: Sequence[int]) -> int:
+        count = self.budget.check_shape(name, shape)
+        self.elements += count
+        if self.elements > self.budget.max_request_elements:
+            raise PayloadTooLarge(
+                f"the request's tensors have {self.elements} elements together (counting "
+                f"{name!r}); the limit is {self.budget.max_request_elements} "
+                f"({_SECTION} max_request_elements)")
+        return count
 
 
 DEFAULT_BUDGET = DecodeBudget()

@@ -4,6 +4,9 @@ which TF Serving's JSON accepts and writes though strict JSON has no such litera
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
 from typing import Any
 
 import numpy as np
@@ -15,14 +18,62 @@ from gateway.types import Tensors
 
 
 def loads(body: bytes) -> Any:
+    """A JSON document, refused (400) as TF Serving's parser refuses it: malformed, not UTF-8,
+    a number no double can hold (`1e400`), a lone surrogate (`"\\ud800"`). NaN and Infinity
+    are read, as TF Serving reads them."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        pass
+        pass  # NaN or Infinity, which orjson refuses; or a document to refuse
     try:
-        return json.loads(body)  # accepts NaN, Infinity, -Infinity
-    except (ValueError, RecursionError) as exc:
+        text = body.decode("utf-8")
+        if _HUGE_NUMBER.search(body):
+            document = json.loads(text, parse_float=_finite_float, parse_int=_double_sized_int)
+        else:
+            document = json.loads(text)  # accepts NaN, Infinity, -Infinity
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise BadRequest(f"malformed JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(body):
+        _refuse_lone_surrogates(document)
+    return document
+
+
+# What the slow path must look at closer: a number with an exponent of three digits or 300
+# digits (maybe beyond a double), and \uD800-\uDFFF escapes (maybe unpaired). orjson refuses
+# both itself; the standard library would give infinity and unencodable strings.
+_HUGE_NUMBER = re.compile(rb"[eE][+-]?0*[1-9][0-9]{2}|[0-9]{300}")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:24]} is too large for a double")
+    return value
+
+
+def _double_sized_int(text: str) -> int:
+    value = int(text)
+    if abs(value) > sys.float_info.max:
+        raise ValueError(f"number {text[:24]}... is too large for a double")
+    return value
+
+
+def _refuse_lone_surrogates(document: Any) -> None:
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise BadRequest("malformed JSON: a string holds a lone surrogate (an unpaired "
+                                 "\\ud800-\\udfff escape), which is not valid Unicode") from None
 
 
 def dumps(document: Any, *, nonfinite: bool = False) -> bytes:

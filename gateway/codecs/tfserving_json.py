@@ -1,6 +1,6 @@
 """TF Serving's REST JSON: `instances` (row) or `inputs` (columnar) in, `predictions` or
 `outputs` out, shaped exactly as TF Serving shapes them. The JSON has no dtypes: they come
-from the model's signature, which is why decoding waits for it."""
+from the model's signature, which is why decoding waits for it; the decode budget bounds it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.codecs.arrays import from_array, to_array
-from gateway.errors import BadRequest, GatewayError
+from gateway.codecs.budget import DEFAULT_BUDGET, DecodeBudget, RequestTally
+from gateway.errors import BadRequest
 from gateway.types import ModelMetadata, Tensors, TensorSpec, VersionStatus
 
 
@@ -19,14 +20,18 @@ class PredictBody:
     row_format: bool
     payload: Any
     signature_name: str | None
+    budget: DecodeBudget = DEFAULT_BUDGET
 
     def decode(self, signature: ModelMetadata) -> Tensors:
+        """The tensors, each checked against the budget (and all of them against the
+        request's) before its array is built."""
+        tally = self.budget.request()
         if self.row_format:
-            return _decode_instances(self.payload, signature)
-        return _decode_columns(self.payload, signature)
+            return _decode_instances(self.payload, signature, tally)
+        return _decode_columns(self.payload, signature, tally)
 
 
-def parse_predict(document: Any) -> PredictBody:
+def parse_predict(document: Any, *, budget: DecodeBudget = DEFAULT_BUDGET) -> PredictBody:
     if not isinstance(document, dict):
         raise BadRequest("request body must be a JSON object")
     if "instances" in document and "inputs" in document:
@@ -38,9 +43,10 @@ def parse_predict(document: Any) -> PredictBody:
         instances = document["instances"]
         if not isinstance(instances, list) or not instances:
             raise BadRequest("'instances' must be a non-empty list")
-        return PredictBody(True, instances, signature_name)
+        budget.check_rows(len(instances))
+        return PredictBody(True, instances, signature_name, budget)
     if "inputs" in document:
-        return PredictBody(False, document["inputs"], signature_name)
+        return PredictBody(False, document["inputs"], signature_name, budget)
     raise BadRequest("request needs 'instances' (row format) or 'inputs' (columnar format)")
 
 
@@ -48,24 +54,27 @@ def _is_named(value: Any) -> bool:
     return isinstance(value, dict) and set(value) != {"b64"}
 
 
-def _decode_instances(instances: list[Any], signature: ModelMetadata) -> Tensors:
+def _decode_instances(instances: list[Any], signature: ModelMetadata,
+                      tally: RequestTally) -> Tensors:
+    tally.budget.check_rows(len(instances))
     if not _is_named(instances[0]):
         spec = _only_input(signature)
-        return {spec.name: to_array(instances, spec.dtype, spec.name)}
+        return {spec.name: to_array(instances, spec.dtype, spec.name, tally=tally)}
     names = list(instances[0])
     for index, instance in enumerate(instances):
         if not _is_named(instance) or set(instance) != set(names):
             raise BadRequest(f"instance {index} does not name the same inputs as instance 0 "
                              f"({', '.join(names)})")
-    return {name: to_array([i[name] for i in instances], _input(signature, name).dtype, name)
+    return {name: to_array([i[name] for i in instances], _input(signature, name).dtype, name,
+                           tally=tally)
             for name in names}
 
 
-def _decode_columns(inputs: Any, signature: ModelMetadata) -> Tensors:
+def _decode_columns(inputs: Any, signature: ModelMetadata, tally: RequestTally) -> Tensors:
     if not _is_named(inputs):
         spec = _only_input(signature)
-        return {spec.name: to_array(inputs, spec.dtype, spec.name)}
-    return {name: to_array(value, _input(signature, name).dtype, name)
+        return {spec.name: to_array(inputs, spec.dtype, spec.name, tally=tally)}
+    return {name: to_array(value, _input(signature, name).dtype, name, tally=tally)
             for name, value in inputs.items()}
 
 
@@ -94,13 +103,28 @@ def encode_predict(outputs: Tensors, *, row_format: bool) -> dict[str, Any]:
         return {"outputs": json_values}
     if len(json_values) == 1:
         return {"predictions": next(iter(json_values.values()))}
-    rows = {a.shape[0] if a.ndim else -1 for a in outputs.values()}
-    if len(rows) != 1 or -1 in rows:
-        raise GatewayError("outputs differ in batch size, so they cannot be returned as "
-                           "'predictions' rows; use the columnar 'inputs' format")
-    count = rows.pop()
+    count = _batch_size(outputs)
     return {"predictions": [{name: value[i] for name, value in json_values.items()}
                             for i in range(count)]}
+
+
+def _batch_size(outputs: Tensors) -> int:
+    """The rows of a row-format reply: every output's leading dim, which must agree. TF Serving
+    refuses a reply that breaks this with 400 (INVALID_ARGUMENT), the columnar format being
+    the request's way out; so do we, in its words."""
+    count = -1
+    for name, array in outputs.items():
+        if not array.ndim:
+            raise BadRequest(f"Tensor name: {name} has no shape information (outputs differ "
+                             "in batch size, so they cannot be 'predictions' rows; send the "
+                             "columnar 'inputs' format)")
+        if count >= 0 and array.shape[0] != count:
+            raise BadRequest(f"Tensor name: {name} has inconsistent batch size: "
+                             f"{array.shape[0]} expecting: {count} (outputs differ in batch "
+                             "size, so they cannot be 'predictions' rows; send the columnar "
+                             "'inputs' format)")
+        count = array.shape[0]
+    return count
 
 
 def encode_status(statuses: list[VersionStatus]) -> dict[str, Any]:

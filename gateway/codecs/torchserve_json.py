@@ -14,12 +14,16 @@ import orjson
 from gateway import dtypes
 from gateway.codecs import jsonio
 from gateway.codecs.arrays import from_array, to_array
+from gateway.codecs.budget import DEFAULT_BUDGET, DecodeBudget
 from gateway.codecs.tfserving_json import PredictBody
-from gateway.errors import BackendError, BadRequest
+from gateway.errors import BackendError, BadRequest, PayloadTooLarge
 from gateway.types import InputDecoder, ModelMetadata, Tensors
 
 #: The name of a reply's only tensor when the handler returns one unnamed value.
 UNNAMED_OUTPUT = "output"
+# A handler's reply is sized by its model, not by a client: only nesting numpy cannot hold.
+_REPLY_BUDGET = DecodeBudget(max_tensor_elements=1 << 62, max_request_elements=1 << 62,
+                             max_batch_rows=1 << 62, max_dims=64)
 
 
 def encode(tensors: Tensors) -> bytes:
@@ -27,12 +31,13 @@ def encode(tensors: Tensors) -> bytes:
                         nonfinite=jsonio.has_nonfinite(tensors))
 
 
-def body_decoder(body: bytes) -> InputDecoder:
-    """Types `body` with the signature of a target that needs tensors; parsed only then."""
+def body_decoder(body: bytes, *, budget: DecodeBudget = DEFAULT_BUDGET) -> InputDecoder:
+    """Types `body` with the signature of a target that needs tensors; parsed only then, and
+    checked against `budget` as TF Serving's columnar "inputs" are."""
 
     def decode(signature: ModelMetadata) -> Tensors:
         # the same shapes as TF Serving's columnar "inputs": an object by name or one value
-        return PredictBody(False, jsonio.loads(body), None).decode(signature)
+        return PredictBody(False, jsonio.loads(body), None, budget).decode(signature)
 
     return decode
 
@@ -59,6 +64,6 @@ def _tensor(value: Any, name: str) -> np.ndarray:
     if natural.dtype.kind in "iufb":
         return natural
     try:
-        return to_array(value, dtypes.BY_V2["BYTES"], name)
-    except BadRequest as exc:  # the backend's reply, not the caller's mistake
+        return to_array(value, dtypes.BY_V2["BYTES"], name, budget=_REPLY_BUDGET)
+    except (BadRequest, PayloadTooLarge) as exc:  # the backend's reply, not the caller's fault
         raise BackendError(f"handler reply is not a tensor: {exc.message}") from None
