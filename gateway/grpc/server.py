@@ -1,7 +1,11 @@
 """Assembles the grpc.aio server: the dialect servicers, reflection, and the standard health
-service, whose status follows the gateway's readiness. With tracing on, the official
-OpenTelemetry interceptor makes each call's server span (semantic-convention `rpc.*`
-attributes, the caller's `traceparent` continued); health checks and reflection are left out."""
+service, whose status follows the gateway's readiness. Every call of a dialect but the v2
+server-level ones is authenticated from its metadata before its message is read
+(`gateway.grpc.authentication`); the listener's HTTP/2 limits come from `[server]` and
+`[server.grpc]` (message size, streams per connection, ping enforcement, connection idle and
+age). With tracing on, the official OpenTelemetry interceptor makes each call's server span
+(semantic-convention `rpc.*` attributes, the caller's `traceparent` continued), refused calls
+included; health checks and reflection are left out."""
 
 from __future__ import annotations
 
@@ -19,7 +23,10 @@ from opentelemetry.instrumentation.grpc.filters import (
     service_prefix,
 )
 
+from gateway.admission import InflightLimits
 from gateway.config import ServerConfig
+from gateway.grpc import tfserving, v2
+from gateway.grpc.authentication import Authentication
 from gateway.grpc.calls import GrpcCalls
 from gateway.grpc.tfserving import ModelService, PredictionService
 from gateway.grpc.v2 import InferenceService
@@ -36,26 +43,79 @@ from protos.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_SEND_BYTES = 64 * 1024 * 1024  # replies: the gateway's own, not a client's
+#: Misbehaving pings a connection may send before it is closed with GOAWAY (gRPC's default).
+MAX_PING_STRIKES = 2
 _HEALTH_POLL_S = 1.0
+#: Callable without a token, as REST's /v2/health/* and /v2 are.
+OPEN_V2_METHODS = ("ServerLive", "ServerReady", "ServerMetadata")
+_SERVICES = {  # each dialect's services and the front door they belong to
+    prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]: tfserving.FRONTEND,
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]: tfserving.FRONTEND,
+    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]: v2.FRONTEND,
+}
+
+
+def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC core's channel arguments for the listener (include/grpc/impl/channel_arg_names.h)."""
+    limits = config.grpc
+    return [
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
+        ("grpc.max_receive_message_length", config.max_body_bytes),  # REST's body limit
+        ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+        # Count streams as HTTP/2 does (open ones), so that a client's streams beyond the
+        # limit wait for a free one. gRPC core's default also counts streams that ended but
+        # grpc.aio has not yet released, and refuses new ones (REFUSED_STREAM) the client
+        # then fails with UNAVAILABLE although it kept to the limit. (Experimental arg,
+        # src/core/ext/transport/chttp2/transport/internal.h.)
+        ("grpc.http.overload_protection", 0),
+        # A client may ping once per interval while it has calls or not; more often earns a
+        # strike, and past MAX_PING_STRIKES the connection gets GOAWAY (ENHANCE_YOUR_CALM,
+        # "too_many_pings"). Without permit_without_calls an idle connection could ping only
+        # every two hours, which would punish the common 30-60 s client keepalive.
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(limits.min_ping_interval_s)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
+        ("grpc.max_connection_idle_ms", _ms(limits.max_connection_idle_s)),
+        ("grpc.max_connection_age_ms", _ms(limits.max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", _ms(limits.max_connection_age_grace_s)),
+        ("grpc.so_reuseport", 1),
+    ]
+
+
+def protected_methods() -> dict[str, str]:
+    """Method path -> front door, for every dialect RPC that needs a token."""
+    protected = {}
+    for service, frontend in _SERVICES.items():
+        for method in service.methods:
+            if service.name == "GRPCInferenceService" and method.name in OPEN_V2_METHODS:
+                continue
+            protected[f"/{service.full_name}/{method.name}"] = frontend
+    return protected
+
+
+def _ms(seconds: float) -> int:
+    return min(round(seconds * 1000), 2**31 - 1)  # INT_MAX is gRPC's "unlimited"
 
 
 class GrpcServer:
     def __init__(self, pipeline: Pipeline, config: ServerConfig, readiness: Readiness,
-                 metrics: GatewayMetrics, tracing: Tracing | None = None) -> None:
+                 metrics: GatewayMetrics, inflight: InflightLimits,
+                 tracing: Tracing | None = None) -> None:
         self._config = config
         self._readiness = readiness
-        self._server = grpc.aio.server(options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", max(MAX_MESSAGE_BYTES,
-                                                    config.max_body_bytes)),
-            ("grpc.so_reuseport", 1),
-        ], interceptors=[] if tracing is None else [aio_server_interceptor(
-            tracing.provider, negate(any_of(service_name(health.SERVICE_NAME),
-                                            service_prefix("grpc.reflection."))))])
         recorder = RequestRecorder(metrics, access_log=config.access_log,
                                    traced=tracing is not None)
-        calls = GrpcCalls(config, recorder, None if tracing is None else tracing.tracer)
+        calls = GrpcCalls(config, recorder, None if tracing is None else tracing.tracer,
+                          inflight)
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if tracing is not None:  # first, so that the call's span wraps a refusal too
+            interceptors.append(aio_server_interceptor(
+                tracing.provider, negate(any_of(service_name(health.SERVICE_NAME),
+                                                service_prefix("grpc.reflection.")))))
+        interceptors.append(Authentication(pipeline, calls, protected_methods()))
+        self._server = grpc.aio.server(options=server_options(config),
+                                       interceptors=interceptors)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(pipeline, calls), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
@@ -64,11 +124,7 @@ class GrpcServer:
             InferenceService(pipeline, calls, readiness), self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        self._services = (
-            prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-            model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-            grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-        )
+        self._services = tuple(service.full_name for service in _SERVICES)
         reflection.enable_server_reflection(
             (*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         self._watcher: asyncio.Task[None] | None = None

@@ -35,7 +35,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         async def predict(call: RequestContext) -> predict_pb2.PredictResponse:
             spec = request.model_spec
             ref = replace(tfserving_grpc.ref_of(spec), signature=spec.signature_name or None)
-            inputs = {name: tensor_proto.to_array(t, name) for name, t in request.inputs.items()}
+            inputs = await tensor_proto.decode_inputs_async(request.inputs,
+                                                            budget=self._calls.budget)
             response = await self._pipeline.infer(InferRequest(
                 ref=ref, context=call, inputs=inputs,
                 outputs=tuple(request.output_filter) or None))
@@ -49,7 +50,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 reply.outputs[name].CopyFrom(tensor_proto.from_array(array))
             return reply
 
-        return await self._calls.run(context, FRONTEND, request.model_spec.name, predict)
+        return await self._calls.run_infer(context, FRONTEND, request.model_spec.name, predict)
 
     async def GetModelMetadata(
             self, request: get_model_metadata_pb2.GetModelMetadataRequest,

@@ -61,12 +61,12 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         async def infer(call: RequestContext) -> pb.ModelInferResponse:
             response = await self._pipeline.infer(InferRequest(
                 ref=_ref(request.model_name, request.model_version), context=call,
-                inputs=v2_grpc.decode_inputs(request),
+                inputs=await v2_grpc.decode_inputs_async(request, budget=self._calls.budget),
                 outputs=tuple(o.name for o in request.outputs) or None,
                 id=request.id or None))
             return v2_grpc.encode_response(response)
 
-        return await self._calls.run(context, FRONTEND, request.model_name, infer)
+        return await self._calls.run_infer(context, FRONTEND, request.model_name, infer)
 
 
 def _ref(name: str, version: str) -> ModelRef:
