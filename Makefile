@@ -47,7 +47,10 @@ $(TORCHSERVE_VENV)/.installed:
 		torch-model-archiver==0.12.0 pyyaml
 	touch $@
 
+# Lint first: a type or style error fails fast, before the long suite.
 test: system-deps $(VENV)/.test-deps $(CLIENTS_VENV)/.installed $(TORCHSERVE_VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.test-deps
@@ -65,6 +68,7 @@ bench: $(VENV)/.test-deps $(TORCHSERVE_VENV)/.installed system-deps
 	$(BIN)/python bench/torchserve.py
 	$(BIN)/python bench/security.py
 	$(BIN)/python bench/tracing.py
+	$(BIN)/python bench/overload.py
 
 # Regenerate protos/ from the .proto sources (tests/test_protos.py fails if this is stale).
 protos: $(VENV)/.test-deps

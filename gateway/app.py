@@ -12,6 +12,7 @@ from adapters.base import Adapter, ModelStore
 from adapters.onnx import OnnxAdapter
 from adapters.tfserving import TfServingAdapter
 from adapters.torchserve import TorchServeAdapter
+from gateway.admission import InflightLimits
 from gateway.auth.factory import build_authenticator, build_authorizer
 from gateway.auth.failures import Reason
 from gateway.auth.jwt_authenticator import JwtAuthenticator
@@ -48,13 +49,16 @@ class Gateway:
         self.config = config
         self.tracing = build_tracing(config.tracing)
         self.metrics = GatewayMetrics()
+        self.inflight = InflightLimits(config.server.max_inflight,
+                                       config.server.max_inflight_per_model)
+        self.metrics.watch_inflight(lambda: self.inflight.in_flight)
         self.adapters: dict[str, Adapter] = {
             name: _build_adapter(adapter, config.models_of(name), self.metrics)
             for name, adapter in config.adapters.items()}
         for adapter in self.adapters.values():
             if isinstance(adapter, OnnxAdapter):
                 self.metrics.watch_queues(adapter.queue_depths)
-        routing_metrics = RoutingMetrics(self.metrics.registry)
+        routing_metrics = RoutingMetrics(self.metrics.registry, self.metrics.model_label)
         policies = config.policies
         sync = (RedisPolicySync(config.redis.url, policies.redis_key, policies.history)
                 if config.redis else None)
@@ -75,6 +79,10 @@ class Gateway:
         authenticator = build_authenticator(config.auth)
         if isinstance(authenticator, JwtAuthenticator):
             self.metrics.watch_auth_failures(authenticator.reasons, [r.value for r in Reason])
+        adapters = tuple(self.adapters.values())
+        self.metrics.label_models(lambda model: model in config.models or any(
+            a.serves(model) for a in adapters) or any(
+            r.match.model == model for r in policy.active.policy.routes))
         self.pipeline = Pipeline(
             authenticator, build_authorizer(config.auth), self.limiter,
             PolicyRouter(lambda: policy.active.policy, self.adapters, table),
@@ -121,11 +129,11 @@ class Gateway:
 
     def grpc_server(self) -> GrpcServer:
         return GrpcServer(self.pipeline, self.config.server, self.readiness, self.metrics,
-                          self.tracing)
+                          self.inflight, self.tracing)
 
     def http_app(self) -> web.Application:
         app = build_http_app(self.pipeline, self.config.server, self.readiness, self.metrics,
-                             self.tracing)
+                             self.inflight, self.tracing)
         app.add_routes(AdminRoutes(self.pipeline, self.policies).routes())
 
         async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]

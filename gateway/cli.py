@@ -13,8 +13,6 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from gateway.auth.keys import HMAC_ALGORITHMS, secret_from_env
 from gateway.auth.mint import mint_token
 from gateway.config import ConfigError, GatewayConfig, load_config
@@ -89,14 +87,15 @@ def _run(main_coroutine: Coroutine[Any, Any, None]) -> None:
 
 async def serve_forever(config: GatewayConfig) -> None:
     from gateway.app import Gateway  # heavy imports (ONNX Runtime) only when serving
+    from gateway.rest.connections import start_http
 
     gateway = Gateway(config)
-    # The gateway writes its own access lines (JSON, with trace ids), aiohttp none.
-    runner = web.AppRunner(gateway.http_app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.http_port, reuse_port=True)
-    await site.start()
-    for host, port in bound_addresses(runner):
+    refused = gateway.metrics.connections_refused
+    runner, site = await start_http(gateway.http_app(), config.server,
+                                    lambda reason: refused.labels(reason).inc())
+    server = runner.server
+    gateway.metrics.watch_connections(lambda: len(server.connections) if server else 0)
+    for host, port in site.addresses():
         log.info("listening on http://%s:%d", host, port)
     grpc_server = gateway.grpc_server()
     grpc_port = await grpc_server.start()
@@ -110,17 +109,6 @@ async def serve_forever(config: GatewayConfig) -> None:
     log.info("shutting down: finishing in-flight requests")
     await grpc_server.stop()
     await runner.cleanup()
-
-
-def bound_addresses(runner: web.AppRunner) -> list[tuple[str, int]]:
-    """Where the sites actually listen (port 0 in config picks a free port)."""
-    addresses = []
-    for site in runner.sites:
-        server = site._server  # aiohttp keeps the asyncio server private
-        for sock in getattr(server, "sockets", ()):
-            host, port = sock.getsockname()[:2]
-            addresses.append((host, port))
-    return addresses
 
 
 if __name__ == "__main__":

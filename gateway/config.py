@@ -53,7 +53,7 @@ class ServerConfig:
     # Shedding before a body is read (503 + Retry-After)
     max_inflight: int = 512  # requests in progress in the process
     max_inflight_per_model: int = 128
-    decode: DecodeBudget = DecodeBudget()
+    decode: DecodeBudget = field(default_factory=DecodeBudget)
     grpc: GrpcServerConfig = GrpcServerConfig()
 
 
@@ -73,6 +73,11 @@ class OnnxAdapterConfig:
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     batching: BatchingConfig = BatchingConfig()
+    # A model is first loaded and warmed up in a child process within these bounds.
+    load_timeout_s: float = 60.0
+    load_memory_bytes: int = 2 * 1024**3
+    load_concurrency: int = 2  # models checked and loaded at once
+    run_memory_bytes: int = 2 * 1024**3  # ONNX Runtime's arena per model version; 0: no cap
     kind: str = "onnx"
 
 
@@ -251,6 +256,11 @@ def _onnx_adapter(name: str, t: Table, base_dir: Path) -> OnnxAdapterConfig:
         intra_op_threads=t.integer("intra_op_threads", d.intra_op_threads, minimum=0),
         inter_op_threads=t.integer("inter_op_threads", d.inter_op_threads, minimum=0),
         batching=_batching(t.table("batching"), d.batching),
+        load_timeout_s=t.number("load_timeout_s", d.load_timeout_s, minimum=0.1),
+        load_memory_bytes=t.integer("load_memory_bytes", d.load_memory_bytes,
+                                    minimum=16 * 1024**2),
+        load_concurrency=t.integer("load_concurrency", d.load_concurrency, minimum=1),
+        run_memory_bytes=t.integer("run_memory_bytes", d.run_memory_bytes, minimum=0),
     )
 
 

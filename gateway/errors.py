@@ -13,12 +13,14 @@ Front ends render these errors in their dialect; nothing else turns errors into 
     ├── RateLimited              429  RESOURCE_EXHAUSTED (Retry-After)
     ├── BackendError             502  INTERNAL           the backend failed the request
     ├── Unavailable              503  UNAVAILABLE        (Retry-After)
-    │   └── QueueFull            503  UNAVAILABLE        a batcher queue is at its bound
+    │   ├── QueueFull            503  UNAVAILABLE        a batcher queue is at its bound
+    │   └── Overloaded           503  UNAVAILABLE        shed before the body was read
     └── DeadlineExceeded         504  DEADLINE_EXCEEDED
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 
@@ -97,9 +99,21 @@ class QueueFull(Unavailable):
     pass
 
 
+class Overloaded(Unavailable):
+    pass
+
+
 class DeadlineExceeded(GatewayError):
     http_status = 504
     grpc_code = "DEADLINE_EXCEEDED"
+
+
+def log_level(error: GatewayError) -> int:
+    """How loud a front door logs `error`: server-side failures warn, the client's mistakes are
+    info; sheds are counted, not logged one by one (under overload they come by the thousand)."""
+    if isinstance(error, Overloaded):
+        return logging.DEBUG
+    return logging.WARNING if error.http_status >= 500 else logging.INFO
 
 
 _FROM_BACKEND_CODE: dict[str, type[GatewayError]] = {

@@ -1,6 +1,9 @@
 """Prometheus metrics the front ends, the batcher and the limiter record; one registry per
 gateway so tests stay apart. State that already lives somewhere (queue depths, breaker states,
-auth refusals by reason) is read when scraped rather than copied on every request."""
+auth refusals by reason) is read when scraped rather than copied on every request.
+
+Label values are bounded: a model label is a configured or served model's name, or `other`
+for anything a client made up, so no caller can grow the number of series."""
 
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 #: (model, version) -> requests waiting in that version's batcher
 QueueDepths = Callable[[], Mapping[tuple[str, str], int]]
+#: the label value for a model name no configured or served model has
+OTHER_MODEL = "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +66,27 @@ class GatewayMetrics:
             "gateway_batch_queue_wait_seconds", "Time a request waited in the batcher's queue "
             "before its batch started.", ["model", "version"], registry=self.registry,
             buckets=_SECONDS)
+        self.connections_refused = Counter(
+            "gateway_connections_refused", "HTTP connections or requests refused below the "
+            "application, by reason: connection_limit, header_timeout, request_line_too_long, "
+            "headers_too_large, bad_request.", ["reason"], registry=self.registry)
         self._state = _StateCollector()
         self.registry.register(self._state)
+        self._known_model: Callable[[str], bool] = lambda model: False
+
+    def label_models(self, known: Callable[[str], bool]) -> None:
+        """Which model names may be label values (configured or served ones)."""
+        self._known_model = known
+
+    def model_label(self, model: str) -> str:
+        return model if not model or self._known_model(model) else OTHER_MODEL
+
+    def watch_inflight(self, read: Callable[[], int]) -> None:
+        self._state.gauges.append(("gateway_inflight_requests",
+                                   "Requests holding an in-flight slot (docs/security.md).", read))
+
+    def watch_connections(self, read: Callable[[], int]) -> None:
+        self._state.gauges.append(("gateway_http_connections", "Open HTTP connections.", read))
 
     def batch_metrics(self, model: str, version: str) -> BatchMetrics:
         return BatchMetrics(self.batch_size.labels(model, version),
@@ -87,6 +111,7 @@ class _StateCollector(Collector):
         self.queues: list[QueueDepths] = []
         self.breakers: list[CircuitBreaker] = []
         self.auth_failures: list[tuple[Mapping[str, int], tuple[str, ...]]] = []
+        self.gauges: list[tuple[str, str, Callable[[], int]]] = []
 
     def collect(self) -> Iterable[Metric]:
         depth = GaugeMetricFamily(
@@ -107,4 +132,6 @@ class _StateCollector(Collector):
         for counts, reasons in self.auth_failures:
             for reason in reasons:
                 failures.add_metric([reason], counts.get(reason, 0))
-        return [depth, breakers, failures]
+        gauges = [GaugeMetricFamily(name, help_text, value=read())
+                  for name, help_text, read in self.gauges]
+        return [depth, breakers, failures, *gauges]

@@ -66,7 +66,7 @@ class Pipeline:
             skipped, signature = await self._first_available(
                 targets, lambda t: within_deadline(t.adapter.model_metadata(t.ref), context))
             targets = targets[skipped:]
-            request.inputs = request.decoder(signature)
+            request.inputs = await decode(request, signature)
         await self._limiter.check(request, cost=batch_rows(request.inputs))
         served, response = await self._first_available(
             targets, lambda t: self._call_adapter(request, t))
@@ -138,8 +138,9 @@ class Pipeline:
         try:
             return await within_deadline(target.adapter.infer(request), request.context)
         finally:
-            self._metrics.backend_latency.labels(target.adapter.name, target.ref.model).observe(
-                time.perf_counter() - started)
+            metrics = self._metrics
+            metrics.backend_latency.labels(target.adapter.name, metrics.model_label(
+                target.ref.model)).observe(time.perf_counter() - started)
 
     async def _first_available(self, targets: Sequence[Target],
                                call: Callable[[Target], Awaitable[T]]) -> tuple[int, T]:
@@ -167,6 +168,14 @@ async def within_deadline(call: Awaitable[T], context: RequestContext) -> T:
     except TimeoutError:
         raise DeadlineExceeded(
             f"deadline of {remaining * 1000:.0f} ms exceeded waiting for the backend") from None
+
+
+async def decode(request: InferRequest, signature: ModelMetadata) -> Tensors:
+    decoder = request.decoder
+    assert decoder is not None
+    if request.decode_off_loop:
+        return await asyncio.to_thread(decoder, signature)
+    return decoder(signature)
 
 
 def route_attributes(target: Target) -> dict[str, str]:

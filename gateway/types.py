@@ -104,6 +104,8 @@ class InferRequest:
     #: (TorchServe handlers); a front end that sets them sets `decoder` for all the others.
     body: bytes | None = None
     content_type: str = ""
+    #: A large body's `decoder` runs in a worker thread, so it cannot hold the event loop.
+    decode_off_loop: bool = False
 
 
 @dataclass(slots=True)

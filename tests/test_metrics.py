@@ -4,7 +4,10 @@ and status; request, backend, batch and queue-wait histograms; state read at scr
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
+import string
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,3 +129,34 @@ def test_queue_depths_are_read_when_scraped() -> None:
     depths[("demo", "1")] = 0
     assert metrics.registry.get_sample_value(
         "gateway_batch_queue_depth", {"model": "demo", "version": "1"}) == 0
+
+
+async def test_made_up_model_names_add_no_series(make_client: Callable[..., Any]) -> None:
+    """10,000 names no config or backend knows, through every REST door: the series count
+    stays what it was after the first of each door; the names show up as `other`."""
+    client: TestClient = await make_client()
+    registry = client.gateway.metrics.registry  # type: ignore[attr-defined]
+
+    def series() -> int:
+        return sum(len(metric.samples) for metric in registry.collect())
+
+    doors = [("POST", "/v2/models/{}/infer", V2_BODY), ("GET", "/v2/models/{}", None),
+             ("POST", "/v1/models/{}:predict", {"instances": [[1, 2, 3, 4]]}),
+             ("GET", "/v1/models/{}", None), ("POST", "/predictions/{}", V2_BODY),
+             ("POST", "/models/{}/predict", V2_BODY)]
+    rng = random.Random(9)
+
+    async def call(index: int) -> int:
+        method, path, body = doors[index % len(doors)]
+        name = "".join(rng.choices(string.ascii_lowercase + string.digits, k=12))
+        async with client.request(method, path.format(name), json=body) as reply:
+            return reply.status
+
+    assert {await call(i) for i in range(len(doors))} == {404}  # every door's series exist
+    before = series()
+    for start in range(0, 10_000, 200):
+        statuses = await asyncio.gather(*(call(i) for i in range(start, start + 200)))
+        assert set(statuses) == {404}
+    assert series() == before
+    assert sample(client, "gateway_requests_total", frontend="v2", model="other", variant="",
+                  status="404") is not None

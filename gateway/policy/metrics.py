@@ -4,6 +4,8 @@ answers differ."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _SECONDS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
@@ -11,7 +13,10 @@ _DIFFS = (0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 10)
 
 
 class RoutingMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry,
+                 model_label: Callable[[str], str] = lambda model: model) -> None:
+        #: bounds the `model` label (`GatewayMetrics.model_label`)
+        self.model_label = model_label
         self.policy_version = Gauge(
             "gateway_policy_version", "Number of the routing policy version this gateway runs.",
             registry=registry)

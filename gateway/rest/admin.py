@@ -12,7 +12,7 @@ from gateway.errors import BadRequest
 from gateway.pipeline import Pipeline
 from gateway.policy.editor import ADMIN, PolicyEditor
 from gateway.policy.store import PolicyVersion
-from gateway.rest.common import CONFIG_KEY, context_of, json_reply, read_body
+from gateway.rest.common import context_of, json_reply, read_body
 from gateway.tomlconfig import ConfigError
 
 FRONTEND = "admin"
@@ -38,11 +38,12 @@ class AdminRoutes:
 
     async def replace(self, request: web.Request) -> web.Response:
         """Body: the policy as TOML. `?dry_run=true` only validates it."""
-        await self._pipeline.admit(context_of(request, FRONTEND), Verb.ADMIN)
+        context = context_of(request, FRONTEND)
+        await self._pipeline.admit(context, Verb.ADMIN)
         dry_run = request.query.get("dry_run", "false")
         if dry_run not in ("true", "false"):
             raise BadRequest(f"dry_run must be true or false, got {dry_run!r}")
-        body = await read_body(request, request.app[CONFIG_KEY].max_body_bytes)
+        body = await read_body(request, self._pipeline, context)
         try:
             sources = ((SOURCE_NAME, body.decode("utf-8")),)
         except UnicodeDecodeError:

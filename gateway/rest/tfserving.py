@@ -11,7 +11,7 @@ from aiohttp import web
 from gateway.codecs import jsonio, tfserving_json
 from gateway.errors import BadRequest, MethodNotAllowed, NotFound
 from gateway.pipeline import Pipeline
-from gateway.rest.common import context_of, json_reply, read_json
+from gateway.rest.common import CONFIG_KEY, context_of, infer_context, json_reply, read_json
 from gateway.types import InferRequest, ModelRef
 
 FRONTEND = "tfserving"
@@ -50,11 +50,12 @@ class TfServingRoutes:
                              "predict only")
         if verb != "predict":
             raise NotFound(f"unknown verb :{verb} (predict, classify, regress)")
-        context = context_of(request, FRONTEND, ref.model)
-        body = tfserving_json.parse_predict(await read_json(request))
+        context = infer_context(request, FRONTEND, ref.model)
+        json = await read_json(request, self._pipeline, context)
+        body = tfserving_json.parse_predict(json.document, budget=request.app[CONFIG_KEY].decode)
         response = await self._pipeline.infer(InferRequest(
             ref=replace(ref, signature=body.signature_name), context=context,
-            decoder=body.decode))
+            decoder=body.decode, decode_off_loop=json.large))
         document = tfserving_json.encode_predict(response.outputs, row_format=body.row_format)
         return json_reply(document, nonfinite=jsonio.has_nonfinite(response.outputs))
 

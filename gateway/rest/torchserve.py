@@ -15,7 +15,13 @@ from aiohttp import web
 from gateway.codecs import torchserve_json
 from gateway.errors import GatewayError
 from gateway.pipeline import Pipeline
-from gateway.rest.common import CONFIG_KEY, context_of, read_body
+from gateway.rest.common import (
+    CONFIG_KEY,
+    OFF_LOOP_BYTES,
+    context_of,
+    infer_context,
+    read_body,
+)
 from gateway.rest.v2 import Readiness
 from gateway.types import InferRequest, ModelRef
 
@@ -45,11 +51,13 @@ class TorchServeRoutes:
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
         ref = ModelRef(request.match_info["model"], request.match_info.get("version"))
-        context = context_of(request, FRONTEND, ref.model)
-        body = await read_body(request, request.app[CONFIG_KEY].max_body_bytes)
+        context = infer_context(request, FRONTEND, ref.model)
+        body = await read_body(request, self._pipeline, context)
         response = await self._pipeline.infer(InferRequest(
-            ref=ref, context=context, decoder=torchserve_json.body_decoder(body), body=body,
-            content_type=request.headers.get("Content-Type", "")))
+            ref=ref, context=context, body=body,
+            decoder=torchserve_json.body_decoder(body, budget=request.app[CONFIG_KEY].decode),
+            content_type=request.headers.get("Content-Type", ""),
+            decode_off_loop=len(body) > OFF_LOOP_BYTES))
         if response.body is None:
             return web.Response(body=torchserve_json.encode(response.outputs),
                                 content_type=JSON)

@@ -10,7 +10,7 @@ import gateway
 from gateway.codecs import jsonio, v2_json
 from gateway.errors import Unavailable
 from gateway.pipeline import Pipeline
-from gateway.rest.common import context_of, json_reply, read_json
+from gateway.rest.common import CONFIG_KEY, context_of, infer_context, json_reply, read_json
 from gateway.types import InferRequest, ModelRef
 
 FRONTEND = "v2"
@@ -62,8 +62,10 @@ class V2Routes:
 
     async def infer(self, request: web.Request) -> web.Response:
         ref = _ref(request)
-        context = context_of(request, FRONTEND, ref.model)
-        body = v2_json.parse_infer(await read_json(request))
+        context = infer_context(request, FRONTEND, ref.model)
+        budget = request.app[CONFIG_KEY].decode
+        json = await read_json(request, self._pipeline, context)
+        body = await json.parse(lambda document: v2_json.parse_infer(document, budget=budget))
         response = await self._pipeline.infer(InferRequest(
             ref=ref, context=context, inputs=body.inputs, outputs=body.outputs,
             parameters=body.parameters, id=body.id))

@@ -25,8 +25,9 @@ class RequestRecorder:
         variant = context.variant if context is not None else ""
         exemplar = self._exemplar()
         metrics = self._metrics
-        metrics.requests.labels(frontend, model, variant, status).inc(exemplar=exemplar)
-        metrics.latency.labels(frontend, model, variant).observe(seconds, exemplar=exemplar)
+        label = metrics.model_label(model)
+        metrics.requests.labels(frontend, label, variant, status).inc(exemplar=exemplar)
+        metrics.latency.labels(frontend, label, variant).observe(seconds, exemplar=exemplar)
         if error:
             metrics.errors.labels(frontend, status, error).inc()
         if self._access_log:

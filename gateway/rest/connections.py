@@ -1,0 +1,158 @@
+"""The HTTP listener's connection hygiene, below the application: a cap on open connections,
+a deadline for sending a request's headers (slowloris), an idle keep-alive timeout, and request
+line and header limits answered as JSON 414/431/400 that never echo the client's bytes.
+
+aiohttp has no header-read timeout and answers parser errors in text/plain with the offending
+bytes quoted, so the listener uses its own `RequestHandler` subclass and site.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from gateway.codecs import jsonio
+from gateway.config import ServerConfig
+
+#: Counts a connection-level refusal by reason (`connection_limit`, `header_timeout`,
+#: `request_line_too_long`, `headers_too_large`, `bad_request`).
+Refused = Callable[[str], None]
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's per-connection protocol with the gateway's limits."""
+
+    def __init__(self, manager: web.Server, *, config: ServerConfig, refused: Refused,
+                 **kwargs: Any) -> None:
+        super().__init__(manager, keepalive_timeout=config.keepalive_timeout_s,
+                         max_line_size=config.max_request_line_bytes,
+                         max_field_size=config.max_header_bytes,
+                         max_headers=config.max_headers, **kwargs)
+        self._config = config
+        self._refused = refused
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        manager = self._manager
+        if manager is not None and len(manager.connections) > self._config.max_connections:
+            self._refused("connection_limit")
+            self.force_close()
+            transport.close()
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        seen = self._request_count
+        super().data_received(data)
+        if self._request_count != seen:
+            self._disarm_header_timer()
+        elif self._header_timer is None and self._waiting_for_request():
+            self._arm_header_timer()  # the start of the next request on a kept-alive connection
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> StreamResponse:
+        if not isinstance(exc, BadHttpMessage):
+            return super().handle_error(request, status, exc, message)
+        status, reason, text = _parser_refusal(exc, self._config)
+        self._refused(reason)
+        response = web.Response(status=status, body=jsonio.dumps({"error": text}),
+                                content_type="application/json")
+        response.force_close()
+        return response
+
+    def _waiting_for_request(self) -> bool:
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self._loop.call_later(self._config.header_timeout_s,
+                                                   self._header_timeout, self._request_count)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self, seen: int) -> None:
+        self._header_timer = None
+        if self._request_count == seen and self.transport is not None:
+            # Only a connection that sent part of a request (or nothing, since it opened):
+            # idle kept-alive connections are the keep-alive timeout's to close.
+            self._refused("header_timeout")
+            self.force_close()
+            self.transport.close()
+
+
+def _parser_refusal(exc: BadHttpMessage, config: ServerConfig) -> tuple[int, str, str]:
+    """Status, metric reason and message for a request the parser refused; fixed texts only."""
+    if isinstance(exc, LineTooLong):
+        line = exc.args[0] if exc.args else b""
+        if isinstance(line, str):
+            line = line.encode("latin-1", "replace")
+        if bytes(line[:4]).lower().startswith((b"/", b"http", b"*")):
+            return (414, "request_line_too_long", "request line exceeds "
+                    f"{config.max_request_line_bytes} bytes ([server] max_request_line_bytes)")
+        return (431, "headers_too_large", "a header field exceeds "
+                f"{config.max_header_bytes} bytes ([server] max_header_bytes)")
+    if "Too many headers" in exc.message:
+        return (431, "headers_too_large",
+                f"more than {config.max_headers} header fields ([server] max_headers)")
+    return 400, "bad_request", "malformed HTTP request"
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP listener whose connections use `GuardedRequestHandler`."""
+
+    def __init__(self, runner: web.AppRunner, config: ServerConfig, refused: Refused) -> None:
+        super().__init__(runner)
+        self._config = config
+        self._refused = refused
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._config.host}:{self._config.http_port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None, "the runner is set up first"
+        manager: web.Server = server
+
+        def protocol() -> GuardedRequestHandler:
+            # the manager's own kwargs: access log and debug settings of the runner
+            return GuardedRequestHandler(manager, config=self._config, refused=self._refused,
+                                         loop=asyncio.get_running_loop(), **manager._kwargs)
+
+        self._server = await asyncio.get_running_loop().create_server(
+            protocol, self._config.host, self._config.http_port, reuse_port=True,
+            backlog=1024, family=socket.AF_UNSPEC)
+
+    def addresses(self) -> list[tuple[str, int]]:
+        server = self._server
+        return [sock.getsockname()[:2] for sock in getattr(server, "sockets", ())]
+
+
+async def start_http(app: web.Application, config: ServerConfig,
+                     refused: Refused) -> tuple[web.AppRunner, GuardedSite]:
+    """Run `app` on `[server] host:http_port` with the connection limits."""
+    # The gateway writes its own access lines (JSON, with trace ids), aiohttp none.
+    runner = web.AppRunner(app, access_log=None,
+                           shutdown_timeout=config.request_timeout_ms / 1000.0)
+    await runner.setup()
+    site = GuardedSite(runner, config, refused)
+    await site.start()
+    return runner, site
