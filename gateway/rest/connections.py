@@ -3,13 +3,19 @@ a deadline for sending a request's headers (slowloris), an idle keep-alive timeo
 line and header limits answered as JSON 414/431/400 that never echo the client's bytes.
 
 aiohttp has no header-read timeout and answers parser errors in text/plain with the offending
-bytes quoted, so the listener uses its own `RequestHandler` subclass and site.
+bytes quoted, so the listener uses its own `RequestHandler` subclass and site. Connections are
+accepted by a thread of their own (`AcceptThread`): uvloop takes about one connection from the
+accept queue per loop iteration, so under load new connections (health probes among them)
+waited seconds before a byte of theirs was read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +27,8 @@ from aiohttp.web_response import StreamResponse
 
 from gateway.codecs import jsonio
 from gateway.config import ServerConfig
+
+log = logging.getLogger(__name__)
 
 #: Counts a connection-level refusal by reason (`connection_limit`, `header_timeout`,
 #: `request_line_too_long`, `headers_too_large`, `bad_request`).
@@ -137,13 +145,78 @@ class GuardedSite(web.BaseSite):
             return GuardedRequestHandler(manager, config=self._config, refused=self._refused,
                                          loop=asyncio.get_running_loop(), **manager._kwargs)
 
-        self._server = await asyncio.get_running_loop().create_server(
-            protocol, self._config.host, self._config.http_port, reuse_port=True,
-            backlog=1024, family=socket.AF_UNSPEC)
+        listener = socket.create_server((self._config.host, self._config.http_port),
+                                        family=_family(self._config.host), backlog=1024,
+                                        reuse_port=True)
+        acceptor = AcceptThread(listener, asyncio.get_running_loop(), protocol)
+        acceptor.start()
+        self._server = acceptor  # type: ignore[assignment]  # what BaseSite.stop() closes
 
     def addresses(self) -> list[tuple[str, int]]:
         server = self._server
         return [sock.getsockname()[:2] for sock in getattr(server, "sockets", ())]
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class AcceptThread:
+    """Accepts connections on a blocking listening socket in a thread (the GIL is released while
+    it waits) and hands each to the event loop, which may take hundreds in one iteration."""
+
+    def __init__(self, listener: socket.socket, loop: asyncio.AbstractEventLoop,
+                 protocol: Callable[[], asyncio.Protocol]) -> None:
+        self._listener = listener
+        self._loop = loop
+        self._protocol = protocol
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, name="http-accept", daemon=True)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return () if self._closed else (self._listener,)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop accepting; connections already handed over carry on."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError as exc:
+                if self._closed:
+                    return
+                log.warning("accept failed: %s", exc)  # EMFILE and the like: back off
+                threading.Event().wait(0.1)
+                continue
+            connection.setblocking(False)
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                self._loop.call_soon_threadsafe(self._hand_over, connection)
+            except RuntimeError:  # the loop has closed
+                connection.close()
+                return
+
+    def _hand_over(self, connection: socket.socket) -> None:
+        self._loop.create_task(self._connect(connection))
+
+    async def _connect(self, connection: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._protocol, connection)
+        except OSError as exc:  # reset before it was handed over
+            log.debug("connection lost before it was served: %s", exc)
+            connection.close()
 
 
 async def start_http(app: web.Application, config: ServerConfig,
