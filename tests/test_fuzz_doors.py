@@ -361,11 +361,10 @@ async def test_json_numbers_tf_serving_refuses_are_400(gw_default: RunningGatewa
 
 async def test_a_large_bytes_tensor_does_not_hold_the_event_loop(
         gw_default: RunningGateway) -> None:
-    """3 M BYTES elements of varied lengths (15 MiB of raw contents, under the message limit)
-    decode in a worker thread: a probe on the loop keeps running every few ms meanwhile. The
-    tensor is refused afterwards (`multi` takes strings of rank 1), which is not what this
-    measures."""
-    rows, cols = 64, 3 * DEFAULT_BUDGET.max_tensor_elements // 4 // 64
+    """As many BYTES elements of varied lengths as the budget allows decode in a worker
+    thread: a probe on the loop keeps running every few ms meanwhile. The tensor is refused
+    afterwards (`multi` takes strings of rank 1), which is not what this measures."""
+    rows, cols = 64, DEFAULT_BUDGET.max_bytes_elements // 64
     lengths = np.random.default_rng(0).integers(0, 2, rows * cols)
     data = b"".join(struct.pack("<I", int(n)) + b"a" * int(n) for n in lengths)
     request = pb.ModelInferRequest(model_name="multi")

@@ -9,6 +9,7 @@ import asyncio
 import gzip
 import json
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -248,3 +249,29 @@ async def test_a_multipart_upload_with_a_bad_boundary_is_400(listen: Any) -> Non
         b"POST /models?name=m HTTP/1.1\r\nHost: gw\r\nContent-Type: multipart/form-data; "
         b"boundary=right\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     assert status == 400 and "error" in json.loads(reply)
+
+
+@pytest.mark.parametrize(("encoding", "compress"), [
+    ("gzip", gzip.compress), ("deflate", zlib.compress)])
+async def test_a_compressed_body_is_inflated_and_served(listen: Any, encoding: str,
+                                                        compress: Callable[[bytes], bytes]
+                                                        ) -> None:
+    listener = await listen()
+    status, _, body = await listener.exchange(post("/v2/models/demo/infer", compress(V2_BODY),
+                                                   f"Content-Encoding: {encoding}"))
+    assert status == 200, body
+
+
+async def test_an_encoding_the_gateway_does_not_inflate_is_415(listen: Any) -> None:
+    listener = await listen()
+    status, _, body = await listener.exchange(post("/v2/models/demo/infer", b"\x00" * 10,
+                                                   "Content-Encoding: br"))
+    assert status == 415 and "Content-Encoding" in json.loads(body)["error"]
+
+
+async def test_a_truncated_gzip_body_is_400(listen: Any) -> None:
+    listener = await listen()
+    status, _, body = await listener.exchange(post("/v2/models/demo/infer",
+                                                   gzip.compress(V2_BODY)[:-12],
+                                                   "Content-Encoding: gzip"))
+    assert status == 400 and "gzip" in json.loads(body)["error"]

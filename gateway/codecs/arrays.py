@@ -191,7 +191,9 @@ def _bytes_array(value: Any, name: str, budget: DecodeBudget, tally: RequestTall
                  batch: bool) -> np.ndarray:
     shape, leaves = _nested(value, name, budget, batch)
     if tally is not None:
-        tally.add(name, shape)
+        tally.add(name, shape, text=True)
+    else:
+        budget.check_text(name, len(leaves))
     flat = _encode_leaves(leaves, name)
     array = np.empty(len(flat), dtype=object)
     array[:] = flat

@@ -18,6 +18,15 @@ class DecodeBudget:
     max_request_elements: int = 8 * 1024 * 1024  # all inputs of one request together
     max_batch_rows: int = 65_536                  # leading dim of a request's batch
     max_dims: int = 32                            # rank of one tensor (numpy's own cap is 64)
+    # BYTES elements of one request: each becomes a Python object (~40-50 bytes beside its
+    # data), so their cap is lower than the numeric ones' (~12 MB at the default).
+    max_bytes_elements: int = 256 * 1024
+
+    def check_text(self, name: str, count: int) -> None:
+        if count > self.max_bytes_elements:
+            raise PayloadTooLarge(
+                f"BYTES tensors of the request have {count} elements (counting {name!r}); the "
+                f"limit is {self.max_bytes_elements} ({_SECTION} max_bytes_elements)")
 
     def check_rank(self, name: str, rank: int) -> None:
         if rank > self.max_dims:
@@ -68,14 +77,19 @@ class DecodeBudget:
 class RequestTally:
     """One request's tensors so far: each within the tensor budget, all within the request's."""
 
-    __slots__ = ("budget", "elements")
+    __slots__ = ("budget", "elements", "text_elements")
 
     def __init__(self, budget: DecodeBudget) -> None:
         self.budget = budget
         self.elements = 0
+        self.text_elements = 0
 
-    def add(self, name: str, shape: Sequence[int]) -> int:
+    def add(self, name: str, shape: Sequence[int], *, text: bool = False) -> int:
+        """`text`: a BYTES tensor, also counted against `max_bytes_elements`."""
         count = self.budget.check_shape(name, shape)
+        if text:
+            self.text_elements += count
+            self.budget.check_text(name, self.text_elements)
         self.elements += count
         if self.elements > self.budget.max_request_elements:
             raise PayloadTooLarge(

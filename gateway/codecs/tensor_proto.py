@@ -89,7 +89,8 @@ def _plan(proto: tensor_pb2.TensorProto, name: str, tally: RequestTally | None) 
     shape = tuple(d.size for d in dims)
     if any(d < 0 for d in shape):
         raise BadRequest(f"tensor {name!r}: shape {list(shape)} has unknown dims")
-    count = tally.add(name, shape) if tally is not None else math.prod(shape)
+    count = (tally.add(name, shape, text=dtype.is_bytes) if tally is not None
+             else math.prod(shape))
     if dtype.is_bytes:
         given = len(proto.string_val)
     elif proto.tensor_content:

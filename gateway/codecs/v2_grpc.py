@@ -85,7 +85,7 @@ def _plan(request: pb.ModelInferRequest, budget: DecodeBudget) -> list[_Input]:
         if tensor.name in names:
             raise BadRequest(f"input {tensor.name!r} appears twice")
         names.add(tensor.name)
-        count = tally.add(tensor.name, shape)
+        count = tally.add(tensor.name, shape, text=dtype.is_bytes)
         plans.append(_Input(tensor.name, dtype, shape, count, raw if raw else None, index,
                             tensor.contents))
     for at, plan in enumerate(plans):  # sizes against shapes, once all shapes are in budget

@@ -78,7 +78,10 @@ def decode_tensor(tensor: Any, index: int, *, budget: DecodeBudget = DEFAULT_BUD
     if not isinstance(shape, list) or not all(
             type(d) is int and d >= 0 for d in shape[:budget.max_dims + 1]):
         raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    count = tally.add(name, shape) if tally is not None else budget.check_shape(name, shape)
+    count = (tally.add(name, shape, text=datatype.is_bytes) if tally is not None
+             else budget.check_shape(name, shape))
+    if tally is None and datatype.is_bytes:
+        budget.check_text(name, count)
     if "data" not in tensor:
         raise BadRequest(f"input {name!r}: missing 'data'")
     array = to_array(tensor["data"], datatype, name, budget=budget, batch=False)

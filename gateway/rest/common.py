@@ -15,10 +15,14 @@ from aiohttp import web
 from gateway.admission import InflightLimits
 from gateway.codecs import jsonio
 from gateway.config import ServerConfig
-from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.errors import BadRequest
 from gateway.pipeline import Pipeline
+from gateway.rest.body import read_limited
 from gateway.types import RequestContext
 
+#: JSON bodies past this size are parsed and decoded in a worker thread: at ~100 ns a number,
+#: 256 KiB is ~10 ms of work, the most one request may hold the event loop for.
+OFF_LOOP_BYTES = 256 * 1024
 T = TypeVar("T")
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 CONFIG_KEY = web.AppKey("server_config", ServerConfig)
@@ -70,25 +74,13 @@ def release_slot(request: web.Request) -> None:
 async def read_body(request: web.Request, pipeline: Pipeline, context: RequestContext, *,
                     limit: int | None = None, what: str = "max_body_bytes") -> bytes:
     """The body, once the caller is authenticated, counted as it arrives (after chunked and
-    gzip/deflate/br decoding): nothing past `limit` is ever held."""
+    gzip/deflate decoding): nothing past `limit` is ever held."""
     await pipeline.authenticate(context)
     if limit is None:
         limit = request.app[CONFIG_KEY].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the "
-                              f"limit of {limit} bytes ([server] {what})")
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes "
-                                  f"([server] {what}), counted after decompression")
-    return bytes(body)
+    return await read_limited(request, limit, what)
 
 
-#: JSON bodies past this size are parsed and decoded in a worker thread: at ~100 ns a number,
-#: 256 KiB is ~10 ms of work, the most one request may hold the event loop for.
-OFF_LOOP_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
