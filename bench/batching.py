@@ -211,7 +211,8 @@ adapter = "local"
 
 
 class Server:
-    def __init__(self, config: Path, cpu: int | None, log: Path) -> None:
+    def __init__(self, config: Path, cpu: int | None, log: Path,
+                 args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
@@ -220,7 +221,7 @@ class Server:
         # taskset execs the gateway, so proc.pid is the server's pid.
         self.proc = subprocess.Popen(
             [*pin, *gateway_command(), "serve", "--config", str(config),
-             "--http-port", str(self.port)],
+             "--http-port", str(self.port), *args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.proc.pid
 

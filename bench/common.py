@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 #: The embedded demo model served in-process, quiet: no access log, no repository rescans.
 DEMO_CONFIG = f"""\
@@ -22,6 +24,29 @@ poll_interval_s = 3600.0
 [models.demo]
 adapter = "local"
 """
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) so far of `pid` and every live process below it (a
+    supervisor's workers and their children), from /proc."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # fields after the ")" that ends the command name: ppid is 4th, utime/stime 14/15
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        times[child] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [c for c, p in parents.items() if p == parent and c not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(times.get(p, 0.0) for p in tree)
 
 
 def fmt(value: float | None, spec: str, empty: str = "-") -> str:

@@ -1,24 +1,50 @@
 """Prometheus metrics the front ends, the batcher and the limiter record; one registry per
 gateway so tests stay apart. State that already lives somewhere (queue depths, breaker states,
-auth refusals by reason) is read when scraped rather than copied on every request.
+auth refusals by reason) is read when scraped rather than copied on every request. A worker of
+a group (`PROMETHEUS_MULTIPROC_DIR` set) shows every worker's metrics (`gateway.worker_metrics`).
 
 Label values are bounded: a model label is a configured or served model's name, or `other`
 for anything a client made up, so no caller can grow the number of series."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.breaker import BreakerState
+from gateway.worker_metrics import (
+    PUBLISH_INTERVAL_S,
+    GroupCollector,
+    StatePublisher,
+    multiprocess_directory,
+    prepare_multiprocess,
+    worker_exited,
+)
 
 if TYPE_CHECKING:
     from gateway.breaker import CircuitBreaker
+
+__all__ = ["OTHER_MODEL", "BatchMetrics", "GatewayMetrics", "QueueDepths", "prepare_multiprocess",
+           "worker_exited"]
+
+log = logging.getLogger(__name__)
 
 _SECONDS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -43,7 +69,12 @@ class BatchMetrics:
 
 
 class GatewayMetrics:
+    """`registry`: this gateway's own metrics; `exposition`: what `/metrics` shows, the same
+    registry, or in a group of workers the merged files of all of them. One per process in a
+    group: two would write the same series of the same file."""
+
     def __init__(self) -> None:
+        self.multiprocess_directory = multiprocess_directory()
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "gateway_requests", "Requests answered, by front door, model, A/B variant (\"\": "
@@ -59,6 +90,10 @@ class GatewayMetrics:
             "gateway_ratelimit_decisions", "Rate-limit outcomes per rule: allowed, limited (this "
             "rule refused), failed_open / failed_closed (Redis could not decide).",
             ["rule", "decision"], registry=self.registry)
+        self.ratelimit_lease_units = Counter(
+            "gateway_ratelimit_lease_units", "Units this process leased from Redis (taken) to "
+            "spend without asking it, and unspent ones it gave back (returned).",
+            ["rule", "event"], registry=self.registry)
         self.batch_size = Histogram(
             "gateway_batch_size", "Rows per batch the dynamic batcher ran.",
             ["model", "version"], registry=self.registry, buckets=_ROWS)
@@ -70,9 +105,54 @@ class GatewayMetrics:
             "gateway_connections_refused", "HTTP connections or requests refused below the "
             "application, by reason: connection_limit, header_timeout, request_line_too_long, "
             "headers_too_large, bad_request.", ["reason"], registry=self.registry)
+        Gauge("gateway_workers", "Live worker processes of this gateway (gateway serve "
+              "--workers).", registry=self.registry, multiprocess_mode="livesum").set(1)
         self._state = _StateCollector()
         self.registry.register(self._state)
         self._known_model: Callable[[str], bool] = lambda model: False
+        self._publisher: StatePublisher | None = None
+        self._publishing: asyncio.Task[None] | None = None
+        if self.multiprocess_directory is None:
+            self.exposition = self.registry
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+            return
+        # Another worker cannot call this one's read functions: it publishes what they read.
+        published = CollectorRegistry()
+        published.register(self._state)
+        ProcessCollector(registry=published)
+        GCCollector(registry=published)
+        self._publisher = StatePublisher(published)
+        self.exposition = CollectorRegistry()
+        PlatformCollector(registry=self.exposition)
+        self.exposition.register(GroupCollector(self.multiprocess_directory,
+                                                self._publisher.publish))
+
+    def start(self) -> None:
+        """In a group of workers, publish this worker's state every `PUBLISH_INTERVAL_S`."""
+        if self._publisher is not None and self._publishing is None:
+            self._publishing = asyncio.get_running_loop().create_task(self._publish_forever())
+
+    async def close(self) -> None:
+        """In a group of workers, stop publishing and take this worker's gauges out of the
+        group's (its counts stay in the totals)."""
+        if self._publishing is not None:
+            self._publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publishing
+            self._publishing = None
+        if self.multiprocess_directory is not None:
+            worker_exited(os.getpid(), self.multiprocess_directory)
+
+    async def _publish_forever(self) -> None:
+        assert self._publisher is not None
+        while True:
+            try:
+                self._publisher.publish()
+            except Exception:  # a failing read must not stop the others being published
+                log.exception("publishing this worker's metrics failed")
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
 
     def label_models(self, known: Callable[[str], bool]) -> None:
         """Which model names may be label values (configured or served ones)."""
@@ -87,6 +167,12 @@ class GatewayMetrics:
 
     def watch_connections(self, read: Callable[[], int]) -> None:
         self._state.gauges.append(("gateway_http_connections", "Open HTTP connections.", read))
+
+    def watch_readiness(self, read: Callable[[], int]) -> None:
+        """`read`: 1 if the gateway was ready when last asked (probes, gRPC health's poll)."""
+        self._state.gauges.append((
+            "gateway_ready", "1 when the gateway is ready to serve (what /readyz answers), 0 "
+            "while it is not: models loading, a backend unreachable, shutting down.", read))
 
     def batch_metrics(self, model: str, version: str) -> BatchMetrics:
         return BatchMetrics(self.batch_size.labels(model, version),

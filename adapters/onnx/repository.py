@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -69,7 +70,12 @@ class ModelRepository:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             raise FileExistsError(target)
-        os.rename(staged.parent, target)
+        try:
+            os.rename(staged.parent, target)
+        except OSError as exc:  # placed meanwhile by another worker (gateway serve --workers)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise FileExistsError(target) from None
+            raise
         path = target / MODEL_FILE
         return VersionFile(version, path, path.stat().st_mtime_ns)
 

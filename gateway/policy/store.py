@@ -3,9 +3,15 @@ replaces it whole, so a request never sees half of one policy and half of anothe
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.policy.model import Policy, Sources
+
+log = logging.getLogger(__name__)
 
 NO_POLICY = "none"  # the origin of the empty policy a gateway without policy files starts with
 
@@ -20,6 +26,7 @@ class PolicyVersion:
     sources: Sources
     parent: int | None  # the version a rollback from this one restores
     applied_at: float  # Unix time
+    author: str | None = None  # who made an admin change or rollback (the token's subject)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +65,27 @@ class PolicyStore:
     def history(self) -> list[PolicyVersion]:
         """Newest first."""
         return [self._versions[n] for n in sorted(self._versions, reverse=True)]
+
+
+#: How a shared store (Redis, the supervisor) hands versions to a replica or worker.
+OnVersions = Callable[[list[PolicyVersion]], Awaitable[None]]
+OnVersion = Callable[[PolicyVersion], Awaitable[None]]
+
+
+def version_record(version: PolicyVersion) -> str:
+    """A version as shared stores keep it (JSON; the number is their key)."""
+    return json.dumps({"hash": version.hash, "origin": version.origin,
+                       "parent": version.parent, "applied_at": version.applied_at,
+                       "author": version.author,
+                       "sources": [list(source) for source in version.sources]})
+
+
+def version_from_record(number: int, record: str | bytes) -> PolicyVersion | None:
+    try:
+        data: dict[str, Any] = json.loads(record)
+        return PolicyVersion(number, data["hash"], data["origin"],
+                             tuple((name, text) for name, text in data["sources"]),
+                             data["parent"], data["applied_at"], data.get("author"))
+    except (ValueError, KeyError, TypeError):
+        log.error("policies: the shared record of version %d is unreadable; ignored", number)
+        return None

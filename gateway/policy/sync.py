@@ -16,17 +16,20 @@ on one version instead of each announcing its own and flapping between them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import Unavailable
-from gateway.policy.store import PolicyVersion
+from gateway.policy.store import (
+    OnVersion,
+    OnVersions,
+    PolicyVersion,
+    version_from_record,
+    version_record,
+)
 
 log = logging.getLogger(__name__)
 RECONNECT_S = 1.0
@@ -54,11 +57,10 @@ redis.call('PUBLISH', ARGV[5], version)
 return {version, 1}
 """
 
-OnVersions = Callable[[list[PolicyVersion]], Awaitable[None]]
-OnVersion = Callable[[PolicyVersion], Awaitable[None]]
-
 
 class RedisPolicySync:
+    origin = "redis"
+
     def __init__(self, url: str, prefix: str, keep: int) -> None:
         self._client = Redis.from_url(url, decode_responses=True, socket_timeout=TIMEOUT_S,
                                       socket_connect_timeout=TIMEOUT_S)
@@ -73,7 +75,7 @@ class RedisPolicySync:
         version. `floor`: the highest number this replica has seen."""
         try:
             number, created = await self._publish(
-                keys=self._keys, args=[draft.hash, _record(draft), self._keep, floor,
+                keys=self._keys, args=[draft.hash, version_record(draft), self._keep, floor,
                                        self._channel])
             if not created:  # the same content is active already, as `number`
                 return await self._fetch(number) or replace(draft, number=number)
@@ -87,7 +89,7 @@ class RedisPolicySync:
             records = await self._client.hgetall(self._keys[2])
         except RedisError as exc:
             raise Unavailable(f"Redis did not answer: {exc}") from None
-        versions = (_version(int(n), record) for n, record in records.items())
+        versions = (version_from_record(int(n), record) for n, record in records.items())
         return sorted((v for v in versions if v is not None), key=lambda v: v.number)
 
     def listen(self, on_connect: OnVersions, on_version: OnVersion) -> None:
@@ -126,21 +128,4 @@ class RedisPolicySync:
 
     async def _fetch(self, number: int) -> PolicyVersion | None:
         record = await self._client.hget(self._keys[2], str(number))
-        return None if record is None else _version(number, record)
-
-
-def _record(version: PolicyVersion) -> str:
-    return json.dumps({"hash": version.hash, "origin": version.origin,
-                       "parent": version.parent, "applied_at": version.applied_at,
-                       "sources": [list(source) for source in version.sources]})
-
-
-def _version(number: int, record: str | bytes) -> PolicyVersion | None:
-    try:
-        data: dict[str, Any] = json.loads(record)
-        return PolicyVersion(number, data["hash"], data["origin"],
-                             tuple((name, text) for name, text in data["sources"]),
-                             data["parent"], data["applied_at"])
-    except (ValueError, KeyError, TypeError):
-        log.error("policies: Redis holds an unreadable record for version %d; ignored", number)
-        return None
+        return None if record is None else version_from_record(number, record)

@@ -7,19 +7,27 @@ bytes quoted, so the listener uses its own `RequestHandler` subclass and site. C
 accepted by a thread of their own (`AcceptThread`): uvloop takes about one connection from the
 accept queue per loop iteration, so under load new connections (health probes among them)
 waited seconds before a byte of theirs was read.
+
+For a drain (`gateway.shutdown`), closing the listener still takes the connections the kernel
+had already completed, and `close_idle_connections` closes only those waiting for a request of
+which no byte has arrived; the others close after their reply (`gateway.rest.draining`).
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
-import contextlib
+import fcntl
 import logging
+import os
+import select
 import socket
+import termios
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -27,8 +35,14 @@ from aiohttp.web_response import StreamResponse
 
 from gateway.codecs import jsonio
 from gateway.config import ServerConfig
+from gateway.rest.server import SERVER_NAME
 
 log = logging.getLogger(__name__)
+LINGERING_S = 2.0
+
+#: How long `runner.cleanup()` waits for a request still in progress before it cancels it:
+#: the drain (gateway.shutdown) has waited for requests already; this is what it left over.
+CLEANUP_TIMEOUT_S = 1.0
 
 #: Counts a connection-level refusal by reason (`connection_limit`, `header_timeout`,
 #: `request_line_too_long`, `headers_too_large`, `bad_request`).
@@ -43,18 +57,31 @@ class GuardedRequestHandler(RequestHandler):
         super().__init__(manager, keepalive_timeout=config.keepalive_timeout_s,
                          max_line_size=config.max_request_line_bytes,
                          max_field_size=config.max_header_bytes,
-                         max_headers=config.max_headers, **kwargs)
+                         max_headers=config.max_headers,
+                         # After a reply to a request whose body was not read, what the client
+                         # still sends is read and dropped for up to this long, so that closing
+                         # does not reset the connection under the reply (nginx's lingering
+                         # close). Bodies reach the app compressed (`auto_decompress` is off
+                         # in gateway.rest.server), so this costs no inflation.
+                         lingering_time=LINGERING_S, **kwargs)
         self._config = config
         self._refused = refused
         self._header_timer: asyncio.TimerHandle | None = None
+        self._partial = False  # bytes of a request whose headers have not all arrived
+
+    @property
+    def idle(self) -> bool:
+        """Between requests, with no byte of the next one received or unread in the socket:
+        closing the connection now loses nothing the client sent."""
+        return (self._waiting_for_request() and not self._partial
+                and _unread_bytes(self.transport) == 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         manager = self._manager
         if manager is not None and len(manager.connections) > self._config.max_connections:
             self._refused("connection_limit")
-            self.force_close()
-            transport.close()
+            self.force_close()  # closes the transport
             return
         self._arm_header_timer()
 
@@ -66,19 +93,25 @@ class GuardedRequestHandler(RequestHandler):
         seen = self._request_count
         super().data_received(data)
         if self._request_count != seen:
+            self._partial = False
             self._disarm_header_timer()
-        elif self._header_timer is None and self._waiting_for_request():
-            self._arm_header_timer()  # the start of the next request on a kept-alive connection
+        elif data:
+            self._partial = True
+            if self._header_timer is None and self._waiting_for_request():
+                self._arm_header_timer()  # the start of the next request, kept-alive
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
                      message: str | None = None) -> StreamResponse:
         if not isinstance(exc, BadHttpMessage):
-            return super().handle_error(request, status, exc, message)
+            response = super().handle_error(request, status, exc, message)
+            response.headers[hdrs.SERVER] = SERVER_NAME  # no app hook runs for these
+            return response
         status, reason, text = _parser_refusal(exc, self._config)
         self._refused(reason)
         response = web.Response(status=status, body=jsonio.dumps({"error": text}),
-                                content_type="application/json")
+                                content_type="application/json",
+                                headers={hdrs.SERVER: SERVER_NAME})
         response.force_close()
         return response
 
@@ -101,8 +134,7 @@ class GuardedRequestHandler(RequestHandler):
             # Only a connection that sent part of a request (or nothing, since it opened):
             # idle kept-alive connections are the keep-alive timeout's to close.
             self._refused("header_timeout")
-            self.force_close()
-            self.transport.close()
+            self.force_close()  # closes the transport
 
 
 def _parser_refusal(exc: BadHttpMessage, config: ServerConfig) -> tuple[int, str, str]:
@@ -162,16 +194,22 @@ def _family(host: str) -> socket.AddressFamily:
 
 
 class AcceptThread:
-    """Accepts connections on a blocking listening socket in a thread (the GIL is released while
-    it waits) and hands each to the event loop, which may take hundreds in one iteration."""
+    """Accepts connections in a thread (the GIL is released while it waits in epoll) and hands
+    each to the event loop, which may take hundreds in one iteration.
+
+    The listener is non-blocking and watched with `EPOLLEXCLUSIVE`, so processes sharing one
+    listening socket are not all woken for each connection; a pipe wakes the thread to stop.
+    """
 
     def __init__(self, listener: socket.socket, loop: asyncio.AbstractEventLoop,
                  protocol: Callable[[], asyncio.Protocol]) -> None:
+        listener.setblocking(False)
         self._listener = listener
         self._loop = loop
         self._protocol = protocol
         self._closed = False
-        self._thread = threading.Thread(target=self._accept, name="http-accept", daemon=True)
+        self._wake_read, self._wake_write = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="http-accept", daemon=True)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -181,32 +219,51 @@ class AcceptThread:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop accepting; connections already handed over carry on."""
+        """Stop accepting. Connections the kernel completed before (the listen backlog, which
+        a client may already have sent a request on) are still accepted and served; the
+        listener closes right after, so later ones are refused. Connections already handed
+        over carry on."""
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-        self._thread.join(timeout=5)
+        os.write(self._wake_write, b"\0")
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         self._listener.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
 
-    def _accept(self) -> None:
-        while not self._closed:
+    def _run(self) -> None:
+        with select.epoll() as ready:
+            ready.register(self._listener.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            ready.register(self._wake_read, select.EPOLLIN)
+            while True:
+                ready.poll()
+                closing = self._closed  # read before taking the backlog: all of it is taken
+                if not self._accept_waiting() or closing:
+                    break
+        self._listener.close()  # at once: a connection completed from now on is refused
+
+    def _accept_waiting(self) -> bool:
+        """Take every connection waiting in the backlog; False once the loop has closed."""
+        while True:
             try:
                 connection, _ = self._listener.accept()
+            except BlockingIOError:
+                return True
             except OSError as exc:
-                if self._closed:
-                    return
+                if self._listener.fileno() < 0:
+                    return False
                 log.warning("accept failed: %s", exc)  # EMFILE and the like: back off
                 threading.Event().wait(0.1)
-                continue
+                return True
             connection.setblocking(False)
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 self._loop.call_soon_threadsafe(self._hand_over, connection)
             except RuntimeError:  # the loop has closed
                 connection.close()
-                return
+                return False
 
     def _hand_over(self, connection: socket.socket) -> None:
         self._loop.create_task(self._connect(connection))
@@ -219,12 +276,35 @@ class AcceptThread:
             connection.close()
 
 
+def close_idle_connections(server: web.Server) -> int:
+    """Close the connections that are waiting for a request of which no byte has arrived;
+    returns how many. (A connection in the middle of a request closes after its reply.)"""
+    closed = 0
+    for handler in server.connections:
+        if isinstance(handler, GuardedRequestHandler) and handler.idle:
+            handler.force_close()
+            closed += 1
+    return closed
+
+
+def _unread_bytes(transport: asyncio.BaseTransport | None) -> int:
+    """Bytes the kernel received on the connection that the loop has not read yet."""
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    except OSError:  # closed meanwhile
+        return 0
+    return count[0]
+
+
 async def start_http(app: web.Application, config: ServerConfig,
                      refused: Refused) -> tuple[web.AppRunner, GuardedSite]:
     """Run `app` on `[server] host:http_port` with the connection limits."""
     # The gateway writes its own access lines (JSON, with trace ids), aiohttp none.
-    runner = web.AppRunner(app, access_log=None,
-                           shutdown_timeout=config.request_timeout_ms / 1000.0)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLEANUP_TIMEOUT_S)
     await runner.setup()
     site = GuardedSite(runner, config, refused)
     await site.start()
