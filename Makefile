@@ -29,9 +29,12 @@ $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 run: $(VENV)/.run-deps
 	$(BIN)/gateway serve --config $(CONFIG)
 
-# Real servers the tests talk to, from Debian's packages.
+# Real servers the tests talk to, from Debian's packages: Redis, and Prometheus (with promtool)
+# for the dashboard and alert tests (tests/test_prometheus.py). No recommends: Prometheus's
+# would add the node exporter and its collectors.
 system-deps:
-	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	@command -v redis-server >/dev/null && command -v prometheus >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server prometheus)
 
 # grpcio-reflection/-health-checking 1.81.1: the newest allowing protobuf < 7 (tritonclient pins it).
 $(CLIENTS_VENV)/.installed:
@@ -69,6 +72,7 @@ bench: $(VENV)/.test-deps $(TORCHSERVE_VENV)/.installed system-deps
 	$(BIN)/python bench/security.py
 	$(BIN)/python bench/tracing.py
 	$(BIN)/python bench/overload.py
+	$(BIN)/python bench/workers.py
 
 # Regenerate protos/ from the .proto sources (tests/test_protos.py fails if this is stale).
 protos: $(VENV)/.test-deps

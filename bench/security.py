@@ -1,14 +1,18 @@
 """Issue 5's cost of security: the same request with auth and the rate limiter off, with HS256
-and with RS256 tokens (cached after the first verification) and the Redis GCRA limiter on.
+and with RS256 tokens (cached after the first verification) and the Redis GCRA limiter on,
+with leases (the default) and without (`limiter-exact`: every check is a Redis call).
 
     .venv/bin/python bench/security.py [--seconds 6] [--concurrency 16,64] [--rounds 3]
+                                       [--setups off,limiter-exact,limiter]
 
 One gateway per setup on core 0 (`taskset`), wrk and redis-server on core 1; every request is
 `POST /v1/models/demo:predict` with one row and the same bearer token (a hot client, as the
 verified-token cache is meant for). The limit is high enough never to refuse, so each request
-pays the full check: one EVALSHA round trip (pipelined with its tick's neighbours). Prints
-req/s, p50, p99 and the server's CPU per request (from /proc/PID/stat), and each setup's ratio
-to "off" measured in the same run. Target: all on >= 0.9x all off.
+pays the full check: without leases one EVALSHA round trip (pipelined with its tick's
+neighbours), with them mostly none. Prints req/s, p50, p99, the server's CPU per request (from
+/proc/PID/stat) and the commands Redis processed per second while wrk ran (`INFO stats`
+total_commands_processed, which counts the GET/SET inside each script too), and each setup's
+ratio to "off" measured in the same run. Target: all on >= 0.95x all off.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from redis import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -38,7 +43,7 @@ from tests.redis_server import running_redis  # noqa: E402
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 BODY = {"instances": [[1.0, 2.0, 3.0, 4.0]]}
-SETUPS = ("off", "hs256", "limiter", "hs256+limiter", "rs256+limiter")
+SETUPS = ("off", "hs256", "limiter-exact", "limiter", "hs256+limiter", "rs256+limiter")
 
 
 AUTH = """
@@ -56,6 +61,7 @@ LIMITER = """
 [redis]
 url = "{redis}"
 timeout_ms = 500
+{leases}
 
 [policies]
 directory = "{policies}"
@@ -82,6 +88,7 @@ class Row:
     p99_ms: float
     cpu_us: float
     errors: int
+    redis_per_s: float  # commands Redis processed per second during the run
 
 
 def write_setups(tmp: Path, redis_url: str) -> dict[str, tuple[Path, str]]:
@@ -99,10 +106,12 @@ def write_setups(tmp: Path, redis_url: str) -> dict[str, tuple[Path, str]]:
     os.environ["BENCH_JWT_SECRET_TEXT"] = secret.hex()
     hs_auth = AUTH.format(key='algorithms = ["HS256"]\nsecret_env = "BENCH_JWT_SECRET_TEXT"')
     rs_auth = AUTH.format(key=f'algorithms = ["RS256"]\nkey_file = "{public}"')
-    limiter = LIMITER.format(redis=redis_url, policies=policies)
+    limiter = LIMITER.format(redis=redis_url, policies=policies, leases="")
+    exact = LIMITER.format(redis=redis_url, policies=policies, leases="lease_max_share = 0")
     hs_token = jwt.encode(claims, secret.hex().encode(), algorithm="HS256")
     setups = {"off": (DEMO_CONFIG, ""),
               "hs256": (DEMO_CONFIG + hs_auth, hs_token),
+              "limiter-exact": (DEMO_CONFIG + exact, ""),
               "limiter": (DEMO_CONFIG + limiter, ""),
               "hs256+limiter": (DEMO_CONFIG + hs_auth + limiter, hs_token),
               "rs256+limiter": (DEMO_CONFIG + rs_auth + limiter,
@@ -130,17 +139,25 @@ def wrk(url: str, body: Path, headers: Path | None, connections: int,
 
 
 def measure(server: Server, setup: str, body: Path, headers: Path | None, connections: int,
-            seconds: int) -> Row:
+            seconds: int, redis: Redis) -> Row:
     url = server.base + "/v1/models/demo:predict"
     wrk(url, body, headers, connections, 2)  # warm-up: connections, caches, the JIT-less loop
     loop0, workers0 = server.cpu()
+    commands0 = _commands(redis)
     stats = wrk(url, body, headers, connections, seconds)
+    commands1 = _commands(redis)
     loop1, workers1 = server.cpu()
     requests = max(stats["requests"], 1)
     errors = int(sum(v for k, v in stats.items() if k.startswith("err_")))
-    return Row(setup, connections, requests / (stats["duration_us"] / 1e6),
+    duration_s = stats["duration_us"] / 1e6
+    return Row(setup, connections, requests / duration_s,
                stats["p50_us"] / 1000, stats["p99_us"] / 1000,
-               ((loop1 - loop0) + (workers1 - workers0)) * 1e6 / requests, errors)
+               ((loop1 - loop0) + (workers1 - workers0)) * 1e6 / requests, errors,
+               (commands1 - commands0 - 1) / duration_s)  # less our own INFO
+
+
+def _commands(redis: Redis) -> int:
+    return int(redis.info("stats")["total_commands_processed"])
 
 
 def check(server: Server, token: str) -> None:
@@ -159,13 +176,21 @@ def check(server: Server, token: str) -> None:
 
 def table(rows: list[Row]) -> str:
     off = {r.concurrency: r for r in rows if r.setup == "off"}
-    lines = ["| setup | c | req/s | vs off | p50 ms | p99 ms | CPU µs/req | CPU vs off | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    exact = {r.concurrency: r for r in rows if r.setup == "limiter-exact"}
+    lines = ["| setup | c | req/s | vs off | p50 ms | p99 ms | CPU µs/req | CPU vs off "
+             "| Redis cmd/s | vs exact | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        base = off[r.concurrency]
-        lines.append(f"| {r.setup} | {r.concurrency} | {r.rps:,.0f} | {r.rps / base.rps:.2f}x "
+        base = off.get(r.concurrency)
+        versus = exact.get(r.concurrency)
+        fewer = (f"{versus.redis_per_s / r.redis_per_s:,.0f}x fewer"
+                 if versus and r.setup != "limiter-exact" and "limiter" in r.setup
+                 and r.redis_per_s > 0 else "")
+        lines.append(f"| {r.setup} | {r.concurrency} | {r.rps:,.0f} "
+                     f"| {f'{r.rps / base.rps:.2f}x' if base else '-'} "
                      f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.cpu_us:.0f} "
-                     f"| {base.cpu_us / r.cpu_us:.2f}x | {r.errors} |")
+                     f"| {f'{base.cpu_us / r.cpu_us:.2f}x' if base else '-'} "
+                     f"| {r.redis_per_s:,.0f} | {fewer} | {r.errors} |")
     return "\n".join(lines)
 
 
@@ -174,7 +199,8 @@ def median_rows(runs: list[Row]) -> Row:
     return Row(first.setup, first.concurrency, statistics.median(r.rps for r in runs),
                statistics.median(r.p50_ms for r in runs),
                statistics.median(r.p99_ms for r in runs),
-               statistics.median(r.cpu_us for r in runs), sum(r.errors for r in runs))
+               statistics.median(r.cpu_us for r in runs), sum(r.errors for r in runs),
+               statistics.median(r.redis_per_s for r in runs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,8 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="16,64")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds; the table shows medians")
+    parser.add_argument("--setups", default=",".join(SETUPS),
+                        help=f"a subset of {', '.join(SETUPS)}")
     args = parser.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    chosen = [name for name in SETUPS if name in args.setups.split(",")]
     results: dict[tuple[str, int], list[Row]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-security-") as tmp_name, running_redis() \
             as redis:
@@ -194,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         body.write_text(json.dumps(BODY))
         setups = write_setups(tmp, redis.url)
         servers: dict[str, tuple[Server, Path | None]] = {}
+        counter = Redis.from_url(redis.url)
         try:
-            for name, (config, token) in setups.items():
+            for name in chosen:
+                config, token = setups[name]
                 server = Server(config, SERVER_CPU, tmp / f"{name}.log")
                 server.wait_ready()
                 check(server, token)
@@ -206,15 +237,17 @@ def main(argv: list[str] | None = None) -> int:
                 servers[name] = (server, headers)
             for round_number in range(args.rounds):
                 for connections in concurrencies:
-                    for name in SETUPS:  # interleaved, so drift hits every setup alike
+                    for name in chosen:  # interleaved, so drift hits every setup alike
                         server, headers = servers[name]
                         progress(f"round {round_number + 1}: {name} c={connections}")
-                        row = measure(server, name, body, headers, connections, args.seconds)
+                        row = measure(server, name, body, headers, connections, args.seconds,
+                                      counter)
                         results.setdefault((name, connections), []).append(row)
         finally:
+            counter.close()
             for server, _ in servers.values():
                 server.stop()
-    rows = [median_rows(results[(name, c)]) for c in concurrencies for name in SETUPS]
+    rows = [median_rows(results[(name, c)]) for c in concurrencies for name in chosen]
     print(table(rows))
     return 0
 

@@ -23,10 +23,11 @@ from gateway.config import (
     OnnxAdapterConfig,
     TorchServeAdapterConfig,
 )
+from gateway.drain import Drain
 from gateway.grpc.server import GrpcServer
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
-from gateway.policy.editor import PolicyEditor
+from gateway.policy.editor import PolicyEditor, PolicySync
 from gateway.policy.metrics import RoutingMetrics
 from gateway.policy.mirror import Mirror
 from gateway.policy.sync import RedisPolicySync
@@ -36,6 +37,7 @@ from gateway.rest.admin import AdminRoutes
 from gateway.rest.server import build_http_app
 from gateway.routing import PolicyRouter, RouteTable
 from gateway.telemetry.setup import build_tracing
+from gateway.worker import WorkerLink
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,18 @@ CLOSE_STEP_S = 10.0  # longest a shutdown waits for one component
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
-        """Raises `ConfigError` if the policy files are invalid."""
+    def __init__(self, config: GatewayConfig, worker: WorkerLink | None = None) -> None:
+        """Raises `ConfigError` if the policy files are invalid. `worker`: this gateway is a
+        worker of `gateway serve --workers N` (gateway/supervisor.py)."""
         self.config = config
         self.tracing = build_tracing(config.tracing)
         self.metrics = GatewayMetrics()
+        self.drain = Drain()  # the shutdown sequence (gateway.shutdown) sets it
         self.inflight = InflightLimits(config.server.max_inflight,
                                        config.server.max_inflight_per_model)
         self.metrics.watch_inflight(lambda: self.inflight.in_flight)
+        self._ready = False  # as last asked; the gRPC health poll asks every second
+        self.metrics.watch_readiness(lambda: int(self._ready))
         self.adapters: dict[str, Adapter] = {
             name: _build_adapter(adapter, config.models_of(name), self.metrics)
             for name, adapter in config.adapters.items()}
@@ -60,8 +66,10 @@ class Gateway:
                 self.metrics.watch_queues(adapter.queue_depths)
         routing_metrics = RoutingMetrics(self.metrics.registry, self.metrics.model_label)
         policies = config.policies
-        sync = (RedisPolicySync(config.redis.url, policies.redis_key, policies.history)
-                if config.redis else None)
+        # Replicas share policies through Redis; without it, workers through their supervisor.
+        sync: PolicySync | None = (
+            RedisPolicySync(config.redis.url, policies.redis_key, policies.history)
+            if config.redis else worker.policy_sync() if worker is not None else None)
         # The watcher looks at the files before the editor reads them: an edit in between is
         # a change it will see.
         self._watcher = (PolicyWatcher(policies.directory, policies.poll_interval_s,
@@ -89,6 +97,7 @@ class Gateway:
             store if isinstance(store, ModelStore) else None, self.mirror, routing_metrics)
 
     async def start(self) -> None:
+        self.metrics.start()
         await asyncio.gather(*(a.start() for a in self.adapters.values()))
         await self.policies.start()
         if self._watcher is not None:
@@ -104,6 +113,7 @@ class Gateway:
         steps.append(("rate limiter", self.limiter.close()))
         if self.tracing is not None:
             steps.append(("tracing", self.tracing.close()))
+        steps.append(("metrics", self.metrics.close()))
         for what, step in steps:
             try:
                 async with asyncio.timeout(CLOSE_STEP_S):
@@ -120,20 +130,25 @@ class Gateway:
         self._watcher.wake()
 
     async def readiness(self) -> tuple[bool, str]:
+        """Also what the `gateway_ready` gauge shows until the next time it is asked."""
+        if self.drain.draining:
+            self._ready = False
+            return False, "shutting down"
         reasons = []
         for name, adapter in self.adapters.items():
             ready, why = await adapter.health()
             if not ready:
                 reasons.append(f"{name}: {why}")
+        self._ready = not reasons
         return not reasons, "; ".join(reasons) or "ok"
 
     def grpc_server(self) -> GrpcServer:
         return GrpcServer(self.pipeline, self.config.server, self.readiness, self.metrics,
-                          self.inflight, self.tracing)
+                          self.inflight, self.tracing, self.drain)
 
     def http_app(self) -> web.Application:
         app = build_http_app(self.pipeline, self.config.server, self.readiness, self.metrics,
-                             self.inflight, self.tracing)
+                             self.inflight, self.tracing, self.drain)
         app.add_routes(AdminRoutes(self.pipeline, self.policies).routes())
 
         async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]

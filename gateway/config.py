@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,12 +14,17 @@ from gateway.codecs.budget import DecodeBudget
 from gateway.policy.config import PoliciesConfig, parse_policies_config
 from gateway.ratelimit.config import RedisConfig, parse_redis_config
 from gateway.telemetry.config import TracingConfig, parse_tracing_config
-from gateway.tomlconfig import ConfigError, Source, Table
+from gateway.tomlconfig import ConfigError, Source, Table, keys_of
 
 __all__ = ["BatchingConfig", "ConfigError", "GatewayConfig", "GrpcServerConfig", "ModelConfig",
            "ServerConfig", "load_config"]
 
 ADAPTER_KINDS = ("onnx", "tfserving", "torchserve")
+WORKERS_AUTO = "auto"  # [server] workers: one per core this process may run on
+MAX_WORKERS = 1024
+LOG_FORMATS = ("json", "text")
+ROOT_KEYS = ("server", "adapters", "models", "management", "auth", "redis", "policies",
+             "tracing")  # the tables of gateway.toml
 
 
 @dataclass(frozen=True)
@@ -37,12 +43,15 @@ class ServerConfig:
     host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_port: int = 8500
+    workers: int = 1  # processes serving both ports (`gateway serve --workers`); "auto": cores
     # Counted as bytes arrive, after decompression; gRPC messages have the same cap.
     max_body_bytes: int = 16 * 1024 * 1024
     max_upload_bytes: int = 512 * 1024 * 1024
     request_timeout_ms: int = 30_000
     log_level: str = "info"
+    log_format: str = "json"  # application log lines: "json" (shaped like access lines), "text"
     access_log: bool = True
+    log_probes: bool = False  # access lines and HTTP server spans for probes and scrapes too
     # Connection hygiene (HTTP)
     max_connections: int = 10_000  # open HTTP connections per process; more are closed
     header_timeout_s: float = 10.0  # to send a request line and headers
@@ -53,6 +62,10 @@ class ServerConfig:
     # Shedding before a body is read (503 + Retry-After)
     max_inflight: int = 512  # requests in progress in the process
     max_inflight_per_model: int = 128
+    # Shutdown (gateway.shutdown): after SIGTERM the listeners accept for drain_delay_s more,
+    # then requests in flight have shutdown_timeout_s to finish before the rest get 503.
+    drain_delay_s: float = 0.0
+    shutdown_timeout_s: float = 30.0
     decode: DecodeBudget = field(default_factory=DecodeBudget)
     grpc: GrpcServerConfig = GrpcServerConfig()
 
@@ -114,6 +127,9 @@ class TorchServeAdapterConfig:
 
 
 AdapterConfig = OnnxAdapterConfig | TfServingAdapterConfig | TorchServeAdapterConfig
+_ADAPTER_CONFIGS: dict[str, type[AdapterConfig]] = {
+    "onnx": OnnxAdapterConfig, "tfserving": TfServingAdapterConfig,
+    "torchserve": TorchServeAdapterConfig}
 
 
 @dataclass(frozen=True)
@@ -147,10 +163,12 @@ def load_config(path: Path) -> GatewayConfig:
     """Read and validate a config file; raises `ConfigError` naming file, line and key."""
     source = Source.read(path)
     root = source.root()
+    root.expect(ROOT_KEYS)
     server = _server(root.table("server"))
     adapters = {name: _adapter(name, t, path.parent) for name, t in root.table("adapters").tables()}
     models = {name: _model(name, t, adapters) for name, t in root.table("models").tables()}
     management = root.table("management")
+    management.expect(("adapter",))
     manage = management.text("adapter", "")
     if manage and manage not in adapters:
         raise management.error("adapter", f"no adapter named {manage!r} (have: "
@@ -168,17 +186,21 @@ def load_config(path: Path) -> GatewayConfig:
 
 
 def _server(t: Table) -> ServerConfig:
+    t.expect(keys_of(ServerConfig))
     d = ServerConfig()
     config = ServerConfig(
         host=t.text("host", d.host),
         http_port=t.integer("http_port", d.http_port, minimum=0, maximum=65535),
         grpc_port=t.integer("grpc_port", d.grpc_port, minimum=0, maximum=65535),
+        workers=_workers(t, d.workers),
         max_body_bytes=t.integer("max_body_bytes", d.max_body_bytes, minimum=1024),
         max_upload_bytes=t.integer("max_upload_bytes", d.max_upload_bytes, minimum=1024),
         request_timeout_ms=t.integer("request_timeout_ms", d.request_timeout_ms, minimum=1),
         log_level=t.text("log_level", d.log_level,
                          choices=("debug", "info", "warning", "error")),
+        log_format=t.text("log_format", d.log_format, choices=LOG_FORMATS),
         access_log=t.flag("access_log", d.access_log),
+        log_probes=t.flag("log_probes", d.log_probes),
         max_connections=t.integer("max_connections", d.max_connections, minimum=1),
         header_timeout_s=t.number("header_timeout_s", d.header_timeout_s, minimum=0.1),
         keepalive_timeout_s=t.number("keepalive_timeout_s", d.keepalive_timeout_s, minimum=0),
@@ -189,6 +211,8 @@ def _server(t: Table) -> ServerConfig:
         max_inflight=t.integer("max_inflight", d.max_inflight, minimum=1),
         max_inflight_per_model=t.integer("max_inflight_per_model", d.max_inflight_per_model,
                                          minimum=1),
+        drain_delay_s=t.number("drain_delay_s", d.drain_delay_s, minimum=0),
+        shutdown_timeout_s=t.number("shutdown_timeout_s", d.shutdown_timeout_s, minimum=0),
         decode=_decode(t.table("decode")),
         grpc=_grpc_server(t.table("grpc")),
     )
@@ -196,7 +220,20 @@ def _server(t: Table) -> ServerConfig:
     return config
 
 
+def _workers(t: Table, default: int) -> int:
+    if isinstance(t.data.get("workers"), str):
+        t.text("workers", choices=(WORKERS_AUTO,))
+        return cores_available()
+    return t.integer("workers", default, minimum=1, maximum=MAX_WORKERS)
+
+
+def cores_available() -> int:
+    """The cores this process may run on (its affinity mask: taskset, cgroup cpusets)."""
+    return len(os.sched_getaffinity(0))
+
+
 def _decode(t: Table) -> DecodeBudget:
+    t.expect(keys_of(DecodeBudget))
     d = DecodeBudget()
     budget = DecodeBudget(
         max_tensor_elements=t.integer("max_tensor_elements", d.max_tensor_elements, minimum=1),
@@ -204,12 +241,14 @@ def _decode(t: Table) -> DecodeBudget:
                                        minimum=1),
         max_batch_rows=t.integer("max_batch_rows", d.max_batch_rows, minimum=1),
         max_dims=t.integer("max_dims", d.max_dims, minimum=1, maximum=64),
+        max_bytes_elements=t.integer("max_bytes_elements", d.max_bytes_elements, minimum=1),
     )
     t.finish()
     return budget
 
 
 def _grpc_server(t: Table) -> GrpcServerConfig:
+    t.expect(keys_of(GrpcServerConfig))
     d = GrpcServerConfig()
     config = GrpcServerConfig(
         max_concurrent_streams=t.integer("max_concurrent_streams", d.max_concurrent_streams,
@@ -227,6 +266,7 @@ def _grpc_server(t: Table) -> GrpcServerConfig:
 
 
 def _batching(t: Table, base: BatchingConfig) -> BatchingConfig:
+    t.expect(keys_of(BatchingConfig))
     config = BatchingConfig(
         max_batch_size=t.integer("max_batch_size", base.max_batch_size, minimum=1),
         max_queue_delay_ms=t.number("max_queue_delay_ms", base.max_queue_delay_ms, minimum=0),
@@ -239,6 +279,7 @@ def _batching(t: Table, base: BatchingConfig) -> BatchingConfig:
 
 def _adapter(name: str, t: Table, base_dir: Path) -> AdapterConfig:
     kind = t.text("kind", choices=ADAPTER_KINDS)
+    t.expect(keys_of(_ADAPTER_CONFIGS[kind], without=("name",)))  # the keys depend on the kind
     config = (_onnx_adapter(name, t, base_dir) if kind == "onnx"
               else _torchserve_adapter(name, t) if kind == "torchserve"
               else _tfserving_adapter(name, t))
@@ -248,10 +289,15 @@ def _adapter(name: str, t: Table, base_dir: Path) -> AdapterConfig:
 
 def _onnx_adapter(name: str, t: Table, base_dir: Path) -> OnnxAdapterConfig:
     repository = Path(t.text("repository"))
+    if not repository.is_absolute():
+        repository = base_dir / repository
+    # A typo here would serve no models and only show as 404s; an empty directory is fine.
+    if not repository.is_dir():
+        raise t.error("repository", f"{repository} is not a directory (create it, even empty "
+                      "if models will only be uploaded)")
     d = OnnxAdapterConfig(name=name, repository=repository)
     return replace(
         d,
-        repository=repository if repository.is_absolute() else base_dir / repository,
         poll_interval_s=t.number("poll_interval_s", d.poll_interval_s, minimum=0.05),
         intra_op_threads=t.integer("intra_op_threads", d.intra_op_threads, minimum=0),
         inter_op_threads=t.integer("inter_op_threads", d.inter_op_threads, minimum=0),
@@ -315,6 +361,7 @@ def _addresses(t: Table, key: str, *, required: bool = True,
 
 
 def _model(name: str, t: Table, adapters: Mapping[str, AdapterConfig]) -> ModelConfig:
+    t.expect(keys_of(ModelConfig, without=("name",)))
     adapter = t.text("adapter")
     if adapter not in adapters:
         raise t.error("adapter", f"no adapter named {adapter!r} (have: "

@@ -10,11 +10,13 @@ Front ends render these errors in their dialect; nothing else turns errors into 
     ├── MethodNotAllowed         405  UNIMPLEMENTED
     ├── Conflict                 409  ALREADY_EXISTS     creating a model that exists
     ├── PayloadTooLarge          413  RESOURCE_EXHAUSTED
+    ├── UnsupportedEncoding      415  INVALID_ARGUMENT   a Content-Encoding we do not inflate
     ├── RateLimited              429  RESOURCE_EXHAUSTED (Retry-After)
     ├── BackendError             502  INTERNAL           the backend failed the request
     ├── Unavailable              503  UNAVAILABLE        (Retry-After)
     │   ├── QueueFull            503  UNAVAILABLE        a batcher queue is at its bound
-    │   └── Overloaded           503  UNAVAILABLE        shed before the body was read
+    │   ├── Overloaded           503  UNAVAILABLE        shed before the body was read
+    │   └── ShuttingDown         503  UNAVAILABLE        still in flight when the drain ended
     └── DeadlineExceeded         504  DEADLINE_EXCEEDED
 """
 
@@ -80,6 +82,11 @@ class PayloadTooLarge(GatewayError):
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
+class UnsupportedEncoding(GatewayError):
+    http_status = 415
+    grpc_code = "INVALID_ARGUMENT"
+
+
 class RateLimited(GatewayError):
     http_status = 429
     grpc_code = "RESOURCE_EXHAUSTED"
@@ -103,6 +110,10 @@ class Overloaded(Unavailable):
     pass
 
 
+class ShuttingDown(Unavailable):
+    pass
+
+
 class DeadlineExceeded(GatewayError):
     http_status = 504
     grpc_code = "DEADLINE_EXCEEDED"
@@ -110,8 +121,9 @@ class DeadlineExceeded(GatewayError):
 
 def log_level(error: GatewayError) -> int:
     """How loud a front door logs `error`: server-side failures warn, the client's mistakes are
-    info; sheds are counted, not logged one by one (under overload they come by the thousand)."""
-    if isinstance(error, Overloaded):
+    info; sheds are counted, not logged one by one (under overload they come by the thousand),
+    and so are the requests a drain cuts short (the shutdown logs how many)."""
+    if isinstance(error, Overloaded | ShuttingDown):
         return logging.DEBUG
     return logging.WARNING if error.http_status >= 500 else logging.INFO
 

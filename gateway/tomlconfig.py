@@ -3,13 +3,18 @@
 `tomllib` keeps no positions, so `Table` finds a key's line by scanning the source for the
 key's table header and assignment; good enough to point an operator at the right line. The n-th
 table of an array (`[[routes]]`) is the key `routes[n]`.
+
+A parser declares the keys a table accepts (`Table.expect`) before it reads any: an unknown key
+is then the first thing reported, and "known keys here" lists them all, not just the keys read
+before the error. Tables whose keys are names (`[models.demo] labels`) declare none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,6 +81,7 @@ class Table:
         self.keys = keys
         self.data = data
         self._read: set[str] = set()
+        self._known: frozenset[str] | None = None  # declared by `expect`
 
     def error(self, key: str | None, message: str) -> ConfigError:
         keys = self.keys + ((key,) if key else ())
@@ -87,7 +93,16 @@ class Table:
     def __contains__(self, key: str) -> bool:
         return key in self.data
 
+    def expect(self, keys: Iterable[str]) -> None:
+        """Declare every key this table accepts and refuse any other now, before the values
+        are checked: a typo `targt` is named as unknown rather than reported as a missing
+        `target`."""
+        self._known = frozenset(keys)
+        self._refuse_unknown(self._known)
+
     def _get(self, key: str, kinds: tuple[type, ...], expected: str, default: Any) -> Any:
+        # A key read but not declared would be refused as unknown: a parser's bug.
+        assert self._known is None or key in self._known, f"{key!r} is not declared"
         self._read.add(key)
         if key not in self.data:
             if default is _REQUIRED:
@@ -152,11 +167,16 @@ class Table:
             yield key, self.table(key)
 
     def finish(self) -> None:
-        """Refuse keys nobody read: a typo must not be silently ignored."""
-        unknown = sorted(set(self.data) - self._read)
+        """Refuse keys nobody read (or, once declared, that `expect` did not name): a typo must
+        not be silently ignored."""
+        self._refuse_unknown(self._known if self._known is not None else self._read)
+
+    def _refuse_unknown(self, known: Collection[str]) -> None:
+        unknown = [key for key in self.data if key not in known]  # as the file has them
         if unknown:
-            known = ", ".join(sorted(self._read)) or "none"
-            raise self.error(unknown[0], f"unknown key (known keys here: {known})")
+            names = ", ".join(sorted(known)) or "none"
+            also = f"; also unknown: {', '.join(unknown[1:])}" if unknown[1:] else ""
+            raise self.error(unknown[0], f"unknown key (known keys here: {names}){also}")
 
     def _check_range(self, key: str, value: float, minimum: float | None,
                      maximum: float | None) -> None:
@@ -167,6 +187,12 @@ class Table:
 
 
 _REQUIRED = object()
+
+
+def keys_of(config: type, *, without: Iterable[str] = ()) -> tuple[str, ...]:
+    """The field names of a config dataclass whose fields are its table's keys one for one."""
+    skipped = set(without)
+    return tuple(f.name for f in dataclasses.fields(config) if f.name not in skipped)
 
 
 def _parts(dotted: str) -> tuple[str, ...]:

@@ -71,6 +71,8 @@ class RequestContext:
     frontend: str
     headers: Mapping[str, str]
     deadline: float  # time.monotonic() seconds
+    #: The caller's `X-Request-Id` or one made for it (`gateway.telemetry.request_ids`).
+    request_id: str = ""
     principal: Principal = field(default_factory=Principal)
     #: Set once `principal` is verified: doors authenticate before they read a body, and the
     #: pipeline does not do it twice.

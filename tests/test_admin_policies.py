@@ -1,9 +1,11 @@
-"""The admin API for policies: GET (active version, sources, history), PUT (apply, or only
-validate with ?dry_run=true), POST rollback; refusals name file, line and key and leave the
-running policy; every call needs the admin scope."""
+"""The admin API for policies: GET (active version, sources, history), PUT (the whole policy;
+refused when it would silently drop a section), PATCH (only the sections sent), dry runs that
+show the diff, POST rollback; refusals name file, line and key and leave the running policy;
+every change is logged with its author and diff; every call needs the admin scope."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +31,15 @@ async def client(make_client: MakeClient, repo: Path) -> TestClient:
 
 
 async def put(client: TestClient, text: str | bytes, query: str = "",
-              headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    reply = await client.put(f"/admin/policies{query}", data=text, headers=headers)
+              headers: dict[str, str] | None = None,
+              method: str = "PUT") -> tuple[int, dict[str, Any]]:
+    reply = await client.request(method, f"/admin/policies{query}", data=text, headers=headers)
     return reply.status, await reply.json()
+
+
+async def patch(client: TestClient, text: str, query: str = "",
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    return await put(client, text, query, headers, method="PATCH")
 
 
 async def show(client: TestClient) -> dict[str, Any]:
@@ -77,9 +85,15 @@ async def test_an_invalid_policy_is_refused_with_file_line_and_key(client: TestC
 
 
 async def test_dry_run_validates_without_applying(client: TestClient) -> None:
-    status, body = await put(client, split_policy() + '[[limits]]\nname = "l"\nmodels = ["*"]\n',
-                             "?dry_run=true")
-    assert (status, body) == (200, {"valid": True, "routes": ["ab-test"], "limits": ["l"]})
+    document = split_policy() + '[[limits]]\nname = "l"\nmodels = ["*"]\n'
+    status, body = await put(client, document, "?dry_run=true")
+    assert (status, body["valid"], body["routes"], body["limits"]) == (200, True, ["ab-test"],
+                                                                        ["l"])
+    assert body["changes"] == {
+        "routes": {"added": ["ab-test"], "removed": [], "changed": [], "reordered": False},
+        "limits": {"added": ["l"], "removed": [], "changed": [], "reordered": False}}
+    assert body["diff"].startswith("--- /dev/null\n+++ b/admin.toml\n@@ -0,0 +1,21 @@\n")
+    assert body["sources"] == {"admin.toml": document}
     assert (await show(client))["active"]["version"] == 0
     status, body = await put(client, split_policy(weight_b=0), "?dry_run=true")
     assert status == 400
@@ -95,7 +109,7 @@ async def test_rollback_restores_the_previous_version(client: TestClient) -> Non
     reply = await client.post("/admin/policies/rollback")
     assert reply.status == 200
     assert (await reply.json())["active"] | {"applied_at": 0} == {
-        "version": 3, "origin": "rollback", "parent": 0, "applied_at": 0,
+        "version": 3, "origin": "rollback", "author": "anonymous", "parent": 0, "applied_at": 0,
         "hash": (await show(client))["history"][2]["hash"], "files": ["admin.toml"]}
     assert (await predict(client)).variant == "v1"
     reply = await client.post("/admin/policies/rollback")
@@ -115,6 +129,8 @@ async def test_the_admin_api_needs_the_admin_scope(make_client: MakeClient, repo
 
     calls = [("GET", "/admin/policies", None), ("PUT", "/admin/policies", pinned_policy(1)),
              ("PUT", "/admin/policies?dry_run=true", pinned_policy(1)),
+             ("PATCH", "/admin/policies", pinned_policy(1)),
+             ("PATCH", "/admin/policies?dry_run=true", pinned_policy(1)),
              ("POST", "/admin/policies/rollback", None)]
     for method, path, body in calls:
         assert (await client.request(method, path, data=body)).status == 401
@@ -139,3 +155,115 @@ def test_a_gateway_does_not_start_on_invalid_policy_files(write_config: WriteCon
     (tmp_path / "policies").rmdir()
     with pytest.raises(ConfigError, match="the policy directory does not exist"):
         Gateway(config)
+
+
+LIMITS = """
+# per-user: 10/s keeps one client from starving the rest
+[[limits]]
+name = "per-user"
+models = ["*"]
+burst = 20
+"""
+
+
+async def test_a_put_that_would_drop_a_section_is_refused_naming_it(client: TestClient) -> None:
+    assert (await put(client, pinned_policy(1) + LIMITS))[0] == 200
+    status, body = await put(client, pinned_policy(2))  # routes only: would drop the limits
+    assert status == 409
+    assert body["error"] == (
+        "the policy sent sets no limits; PUT would remove the active ones (limits: per-user). "
+        "Send them too, PATCH /admin/policies to replace only the sections sent, or PUT "
+        "?replace=all to remove them")
+    assert (await put(client, pinned_policy(2), "?dry_run=true"))[0] == 409  # as it would be
+    status, body = await put(client, LIMITS)
+    assert status == 409 and "sets no routes; PUT would remove the active ones (routes: " \
+        "pinned)" in body["error"]
+    assert (await show(client))["active"]["version"] == 1
+    assert (await predict(client)).variant == "v1"
+    status, body = await put(client, pinned_policy(2), "?replace=all")
+    assert status == 200 and body["active"]["version"] == 2
+    assert client.gateway.policies.store.active.policy.limits == ()  # type: ignore[attr-defined]
+    status, body = await put(client, pinned_policy(1) + LIMITS, "?replace=some")
+    assert status == 400 and "replace must be 'all'" in body["error"]
+    # Saying so is explicit too: `limits = []` sets the section, empty.
+    assert (await put(client, pinned_policy(1) + LIMITS))[0] == 200
+    status, body = await put(client, "limits = []\n" + pinned_policy(2))
+    assert status == 200 and body["active"]["version"] == 4
+
+
+async def test_patch_replaces_only_the_sections_it_sets(client: TestClient) -> None:
+    assert (await put(client, pinned_policy(1) + LIMITS))[0] == 200
+    status, body = await patch(client, pinned_policy(2))
+    assert status == 200 and body["active"]["version"] == 2
+    assert (await predict(client)).variant == "v2"
+    document = (await show(client))["active"]["sources"]["admin.toml"]
+    assert document == (pinned_policy(2) + "\n# limits kept from admin.toml\n"
+                        + LIMITS.lstrip("\n"))  # the limits as written, comment included
+    status, body = await patch(client, "limits = []\n")  # every limit goes, the routes stay
+    assert status == 200
+    sources = (await show(client))["active"]["sources"]["admin.toml"]
+    assert "per-user" not in sources and 'name = "pinned"' in sources
+    assert (await predict(client)).variant == "v2"
+    status, body = await patch(client, '[[rotes]]\nname = "x"\n')
+    assert status == 400
+    assert body["error"].startswith("invalid policy: admin.toml:1: rotes: unknown key (known "
+                                    "keys here: limits, routes)")
+    status, body = await patch(client, "\n" + pinned_policy(3).replace("version = 3",
+                                                                       "version = 0"))
+    assert status == 400 and "admin.toml:6: routes[0].target.version" in body["error"]
+    assert (await show(client))["active"]["version"] == 3
+
+
+async def test_patch_refuses_to_cut_a_section_it_cannot_keep_as_written(
+        client: TestClient) -> None:
+    inline = 'limits = [{ name = "l", models = ["*"] }]\n' + pinned_policy(1)
+    assert (await put(client, inline))[0] == 200
+    status, body = await patch(client, pinned_policy(2))
+    assert status == 409
+    assert body["error"] == ("cannot patch the active policy: admin.toml: its limits are not "
+                             "all written as [[limits]] tables; PUT the whole policy instead")
+    assert (await show(client))["active"]["version"] == 1
+
+
+async def test_a_patch_dry_run_shows_the_diff_and_applies_nothing(client: TestClient) -> None:
+    assert (await put(client, split_policy() + LIMITS))[0] == 200
+    status, body = await patch(client, split_policy(weight_b=10) + pinned_policy(2)
+                               .replace("pinned", "second"), "?dry_run=true")
+    assert status == 200
+    assert body["changes"] == {
+        "routes": {"added": ["second"], "removed": [], "changed": ["ab-test"],
+                   "reordered": False},
+        "limits": {"added": [], "removed": [], "changed": [], "reordered": False}}
+    assert "-weight = 50\n+weight = 10\n" in body["diff"]
+    assert '+name = "second"\n' in body["diff"]
+    assert not [line for line in body["diff"].splitlines()
+                if line.startswith(("+", "-")) and "per-user" in line]  # the limits stay
+    assert body["limits"] == ["per-user"]
+    assert (await show(client))["active"]["version"] == 1
+
+
+async def test_every_change_is_logged_with_its_author_and_diff(
+        make_client: MakeClient, repo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    add_ab_model(repo)
+    client: TestClient = await make_client(AB_MODEL + f"\n[auth]\nenabled = true\n"
+                                           f"{hs_provider()}")
+    alice = bearer(sign(claims(time.time(), scope="admin")))
+    bob = bearer(sign(claims(time.time(), scope="admin", sub="bob")))
+    caplog.set_level(logging.INFO, logger="gateway.policy.editor")
+    assert (await put(client, pinned_policy(1), headers=alice))[0] == 200
+    assert (await patch(client, pinned_policy(2), headers=bob))[0] == 200
+    assert (await client.post("/admin/policies/rollback", headers=alice)).status == 200
+    messages = [r.getMessage() for r in caplog.records if "applied" in r.getMessage()]
+    assert len(messages) == 3
+    first, patched, rolled_back = messages
+    assert first.startswith("policy version 1 (admin, by alice, ")
+    assert "applied: 1 routes, 0 limits; routes: +pinned (from version 0)\n" in first
+    assert patched.startswith("policy version 2 (admin, by bob, ")
+    assert "; routes: ~pinned (from version 1)\n--- a/admin.toml\n+++ b/admin.toml\n" in patched
+    assert '-target = { adapter = "local", version = 1, variant = "v1" }\n' in patched
+    assert '+target = { adapter = "local", version = 2, variant = "v2" }' in patched
+    assert rolled_back.startswith("policy version 3 (rollback, by alice, ")
+    reply = await client.get("/admin/policies", headers=alice)
+    history = (await reply.json())["history"]
+    assert [(v["version"], v["author"]) for v in history] == [
+        (3, "alice"), (2, "bob"), (1, "alice"), (0, None)]

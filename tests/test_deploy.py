@@ -80,14 +80,20 @@ def test_the_gateway_exports_to_the_collector_that_feeds_jaeger() -> None:
     assert compose["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
 
 
-def test_prometheus_scrapes_the_gateway_as_openmetrics() -> None:
-    scrape = load_yaml("prometheus.yml")["scrape_configs"][0]
+def test_prometheus_scrapes_the_gateway_and_loads_the_alerts() -> None:
+    """That it negotiates OpenMetrics (exemplars) and that the rules work is shown against a
+    real Prometheus (tests/test_prometheus.py)."""
+    config = load_yaml("prometheus.yml")
+    scrape = config["scrape_configs"][0]
     [target] = scrape["static_configs"][0]["targets"]
     host, port = target.split(":")
     assert host == "gateway" and scrape["metrics_path"] == "/metrics"
-    assert scrape["scrape_protocols"][0] == "OpenMetricsText1.0.0"  # exemplars need it
     assert f"{port}:{port}" in load_yaml("compose.yaml")["services"]["gateway"]["ports"]
     assert f"http_port = {port}" in (DEPLOY / "gateway.toml").read_text()
+    mounts = load_yaml("compose.yaml")["services"]["prometheus"]["volumes"]
+    for rules in config["rule_files"]:  # relative to the config, here and in the container
+        assert (DEPLOY / rules).is_file()
+        assert f"./{Path(rules).parent}:/etc/prometheus/{Path(rules).parent}:ro" in mounts
 
 
 def test_grafana_links_exemplars_to_jaeger_and_loads_the_dashboard() -> None:
@@ -101,8 +107,15 @@ def test_grafana_links_exemplars_to_jaeger_and_loads_the_dashboard() -> None:
     assert f"./grafana/gateway.json:{provider['options']['path']}/gateway.json:ro" in mounts
 
 
-def test_the_deployed_config_is_valid() -> None:
-    assert gateway_cli(["check-config", str(DEPLOY / "gateway.toml")]) == 0
+def test_the_deployed_config_is_valid(tmp_path: Path) -> None:
+    # As the container sees it: the image's models at /app/models, deploy/policies mounted
+    # next to the config (check-config refuses a repository that does not exist).
+    text = (DEPLOY / "gateway.toml").read_text()
+    assert 'repository = "/app/models"' in text
+    (tmp_path / "policies").symlink_to(DEPLOY / "policies")
+    config = tmp_path / "gateway.toml"
+    config.write_text(text.replace('"/app/models"', f'"{DEPLOY.parent / "models"}"'))
+    assert gateway_cli(["check-config", str(config)]) == 0
 
 
 def test_the_dashboard_is_well_formed() -> None:

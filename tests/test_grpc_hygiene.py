@@ -130,8 +130,9 @@ async def test_a_refused_call_is_traced_and_counted_like_any_other(
     await wait_until(lambda: traced.spans(lambda s: s.trace_id == trace_id))
     [server] = traced.spans(lambda s: s.trace_id == trace_id)  # refused before any step
     assert (server.kind, server.parent_id) == ("server", CALLER_SPAN)
-    assert server.name == "/tensorflow.serving.PredictionService/Predict"
-    assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    assert server.name == "tensorflow.serving.PredictionService/Predict"
+    assert server.attributes["rpc.response.status_code"] == "UNAUTHENTICATED"
+    assert not server.error  # the caller's failure, not the server's
     metrics = await (await gw.http.get("/metrics")).text()
     # The model is not read: an anonymous caller cannot make up a series.
     assert ('gateway_requests_total{frontend="tfserving-grpc",model="",'

@@ -122,6 +122,20 @@ async def test_garbage_is_a_json_400_without_echo(listen: Any) -> None:
     assert json.loads(body) == {"error": "malformed HTTP request"}
 
 
+async def test_the_server_header_names_no_software_versions(listen: Any) -> None:
+    """aiohttp's default `Server: Python/3.11 aiohttp/3.14.5` is replaced everywhere: replies,
+    errors, and refusals made below the application."""
+    listener = await listen(server="max_headers = 10")
+    fields = "".join(f"X-F{i}: 1\r\n" for i in range(20))
+    for request in (b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n",
+                    b"GET /nowhere HTTP/1.1\r\nHost: gw\r\n\r\n",
+                    post("/v2/models/demo/infer", V2_BODY),
+                    b"\x16\x03\x01GARBAGE-BYTES\r\n\r\n",
+                    f"GET /healthz HTTP/1.1\r\nHost: gw\r\n{fields}\r\n".encode()):
+        status, headers, _ = await listener.exchange(request)
+        assert headers["server"] == "inference-gateway", (status, request[:20])
+
+
 async def test_half_sent_headers_are_cut_off_at_the_header_timeout(listen: Any) -> None:
     listener = await listen(server="header_timeout_s = 0.3")
     reader, writer = await listener.connect()

@@ -131,6 +131,19 @@ def test_queue_depths_are_read_when_scraped() -> None:
         "gateway_batch_queue_depth", {"model": "demo", "version": "1"}) == 0
 
 
+def test_one_process_shows_its_own_process_and_python_metrics() -> None:
+    """Without a group of workers (tests/test_metrics_workers.py) `/metrics` shows this
+    gateway's registry, with the standard collectors and one worker."""
+    metrics = GatewayMetrics()
+    assert metrics.exposition is metrics.registry
+    value = metrics.registry.get_sample_value
+    assert value("gateway_workers") == 1
+    assert value("process_cpu_seconds_total") is not None
+    assert value("process_resident_memory_bytes") is not None
+    assert value("python_gc_collections_total", {"generation": "0"}) is not None
+    assert any(family.name == "python_info" for family in metrics.registry.collect())
+
+
 async def test_made_up_model_names_add_no_series(make_client: Callable[..., Any]) -> None:
     """10,000 names no config or backend knows, through every REST door: the series count
     stays what it was after the first of each door; the names show up as `other`."""

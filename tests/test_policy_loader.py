@@ -180,7 +180,26 @@ VARIANT = '[[routes.variants]]\nvariant = "a"\nweight = 1\nadapter = "local"\n'
      "one of 'request', 'rows'"),
     ('[[limits]]\nname = "l"\nmodels = ["*"]\non_redis_error = "maybe"\n', ":4:",
      "limits[0].on_redis_error", "one of 'open', 'closed'"),
-    ('[[limit]]\nname = "l"\n', ":1:", "limit", "unknown key"),
+    ('[[limit]]\nname = "l"\n', ":1:", "limit", "unknown key (known keys here: limits, routes)"),
+    # An unknown key is named before what its absence breaks ("set either target or ...").
+    ("[[routes]]\n" + ROUTE + 'targt = { adapter = "local" }\n', ":4:", "routes[0].targt",
+     "unknown key (known keys here: claims, fallbacks, headers, mirror, model, name, override, "
+     "sticky, target, variants)"),
+    ("[[routes]]\n" + ROUTE + '[[routes.variants]]\nvariant = "a"\nweigth = 1\n'
+     + 'adapter = "local"\n', ":6:", "routes[0].variants[0].weigth",
+     "unknown key (known keys here: adapter, label, model, variant, version, weight)"),
+    ("[[routes]]\n" + ROUTE + TARGET + '[routes.mirror]\nadapter = "local"\npercnt = 5\n',
+     ":7:", "routes[0].mirror.percnt", "unknown key (known keys here: adapter, label, model, "
+     "percent, timeout_ms, tolerance, variant, version)"),
+    ("[[routes]]\n" + ROUTE + TARGET + '[[routes.fallbacks]]\nadaptor = "local"\n', ":6:",
+     "routes[0].fallbacks[0].adaptor",
+     "unknown key (known keys here: adapter, label, model, variant, version)"),
+    ("[[routes]]\n" + ROUTE + TARGET + '[routes.headers]\nx-id = { regex = "a", flags = "i" }\n',
+     ":6:", "routes[0].headers.x-id.flags",
+     "unknown key (known keys here: absent, exact, prefix, present, regex)"),
+    ('[[limits]]\nname = "l"\nmodels = ["*"]\nrat = 5\nperiod = 2\n', ":4:", "limits[0].rat",
+     "unknown key (known keys here: burst, cost, key, models, name, on_redis_error, period_s, "
+     "rate); also unknown: period"),
     ("[[routes]]\nname = \n", ":", "not valid TOML", "(at line 2, column 8)"),
 ])
 def test_invalid_policies_name_file_line_and_key(text: str, where: str, key: str,

@@ -5,6 +5,7 @@ fails while the policy changes under load."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 from collections import Counter
@@ -149,8 +150,8 @@ repository = "{repo}"
         line = (await asyncio.wait_for(child.stderr.readline(), 30)).decode()
         assert line, "gateway exited: " + "".join(log)
         log.append(line)
-        if "listening on http://" in line:
-            port = int(line.rsplit(":", 1)[1])
+        if listening := re.search(r"listening on http://[\d.]+:(\d+)", line):
+            port = int(listening[1])
     drain = asyncio.ensure_future(child.stderr.read())  # keep the pipe from filling up
     async with aiohttp.ClientSession() as session:  # the doors open before the models load
 

@@ -148,18 +148,20 @@ async def test_versions_route_through_grpc(tsgw: RunningGateway) -> None:
 async def test_unknown_version_is_404_with_torchserves_message(tsgw: RunningGateway) -> None:
     response = await tsgw.http.post("/predictions/tiny/9", json={"x": ROWS})
     assert response.status == 404
-    assert "Model version: 9 does not exist for model: tiny" in (await response.json())["error"]
+    reply = await response.json()  # TorchServe's shape, as the dialect answers errors
+    assert (reply["code"], reply["type"]) == (404, "ModelNotFoundException")
+    assert "Model version: 9 does not exist for model: tiny" in reply["message"]
 
 
 # TorchServe's errors
 
 
 async def test_handler_that_raises_is_502_with_torchserves_message(tsgw: RunningGateway) -> None:
-    for path, body in (("/predictions/failing", {"x": ROWS}),
-                       ("/v2/models/failing/infer", v2_body(ROWS))):
+    for path, body, key in (("/predictions/failing", {"x": ROWS}, "message"),
+                            ("/v2/models/failing/infer", v2_body(ROWS), "error")):
         response = await tsgw.http.post(path, json=body)
         assert response.status == 502, path
-        message = (await response.json())["error"]
+        message = (await response.json())[key]
         assert message.startswith("TorchServe backend ts (")
         assert message.endswith(": Prediction failed")
 

@@ -43,13 +43,36 @@ async def test_bodies_the_target_cannot_type_are_400(gw: RunningGateway) -> None
     for body, expected in cases:
         response = await gw.http.post("/predictions/demo", data=body)
         assert response.status == 400, body
-        assert expected in (await response.json())["error"], body
+        reply = await response.json()  # TorchServe's shape
+        assert (reply["code"], reply["type"]) == (400, "BadRequestException"), body
+        assert expected in reply["message"], body
 
 
 async def test_unknown_models_and_versions_are_404(gw: RunningGateway) -> None:
     for path in ("/predictions/nope", "/predictions/demo/7"):
         response = await gw.http.post(path, json=ROWS)
         assert response.status == 404, path
+        reply = await response.json()
+        assert (reply["code"], reply["type"]) == (404, "ModelNotFoundException"), path
+
+
+async def test_failures_answer_in_torchserves_shape(gw: RunningGateway) -> None:
+    """`{"code", "type", "message"}` as TorchServe 0.12 writes them, `type` its exception class
+    where TorchServe has the same failure; the other dialects keep `{"error"}`."""
+    cases = [("POST", "/predictions/nope", 404, "ModelNotFoundException", "nope"),
+             ("POST", "/predictions/demo/1/extra", 404, "ResourceNotFoundException",
+              "no such endpoint"),
+             ("GET", "/predictions/demo", 405, "MethodNotAllowedException", "method GET"),
+             ("POST", "/ping", 405, "MethodNotAllowedException", "method POST")]
+    for method, path, status, kind, fragment in cases:
+        response = await gw.http.request(method, path, json=ROWS)
+        reply = await response.json()
+        assert response.status == status, path
+        assert set(reply) == {"code", "type", "message"}, reply
+        assert (reply["code"], reply["type"]) == (status, kind), path
+        assert fragment in reply["message"], reply
+    other = await gw.http.post("/v2/models/nope/infer", json={"inputs": []})
+    assert set(await other.json()) == {"error"}
 
 
 async def test_ping_follows_the_gateways_readiness(start_gateway: StartGateway) -> None:

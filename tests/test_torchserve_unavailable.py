@@ -33,8 +33,9 @@ async def test_torchserve_stopped_mid_test_is_a_clear_503_and_demo_keeps_serving
     response = await gw.http.post("/predictions/tiny", json=ROWS)
     assert response.status == 503
     assert response.headers["Retry-After"] == "1"
-    message = (await response.json())["error"]
-    assert message.startswith(
+    reply = await response.json()
+    assert reply["type"] == "ServiceUnavailableException"
+    assert reply["message"].startswith(
         f"TorchServe backend ts ({private_torchserve.grpc_inference}) is unreachable: ")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await gw.predict.Predict(predict_pb2.PredictRequest(
@@ -83,7 +84,7 @@ async def test_a_full_queue_is_503_and_the_queued_request_still_answers(
     refused = await gw.http.post("/predictions/streaming", json={"parts": 1})
     assert refused.status == 503
     assert refused.headers["Retry-After"] == "1"
-    assert "has no worker to serve inference request" in (await refused.json())["error"]
+    assert "has no worker to serve inference request" in (await refused.json())["message"]
 
     gate.touch()
     assert [d async for d, _ in busy.content.iter_chunks() if d] == [b"part 1\n", b"done\n"]

@@ -306,7 +306,7 @@ class OnnxAdapter:
                     on_disk = await asyncio.to_thread(self._repository.versions, name)
                     if name in self._models or on_disk:
                         raise Conflict(f"model {name!r} exists; upload a new version with PUT")
-                    file = await asyncio.to_thread(self._repository.place, staged, name, 1)
+                    file = await self._place(staged, name, 1)
                     model = self._models[name] = _Model(self._config_of(name), files={1: file})
                     return self._serve(name, model, file, session)
             finally:
@@ -324,7 +324,7 @@ class OnnxAdapter:
                     raise NotFound(f"model {name!r} was deleted during the upload")
                 on_disk = await asyncio.to_thread(self._repository.versions, name)
                 number = max([*on_disk, *model.status, 0]) + 1
-                file = await asyncio.to_thread(self._repository.place, staged, name, number)
+                file = await self._place(staged, name, number)
                 model.files = {**on_disk, number: file}
                 status = self._serve(name, model, file, session)
                 self._reconcile(name, model)
@@ -346,6 +346,13 @@ class OnnxAdapter:
         if graveyard is not None:
             await asyncio.to_thread(self._repository.purge, graveyard)
         await asyncio.gather(*(v.batcher.close() for v in model.serving.values()))
+
+    async def _place(self, staged: Path, name: str, version: int) -> VersionFile:
+        try:
+            return await asyncio.to_thread(self._repository.place, staged, name, version)
+        except FileExistsError:  # the same moment, through another worker sharing the disk
+            raise Conflict(f"model {name!r} version {version} was uploaded at the same time "
+                           "by another request; retry") from None
 
     async def _validate(self, staged: Path, what: str) -> LoadedSession:
         try:

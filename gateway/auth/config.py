@@ -20,12 +20,13 @@ from gateway.auth.keys import (
     load_public_key,
     secret_from_env,
 )
-from gateway.tomlconfig import Table
+from gateway.tomlconfig import Table, keys_of
 
 KEY_SOURCES = ("secret", "secret_env", "key_file", "public_key", "jwks_url")
 _SECRET_SOURCES = ("secret", "secret_env")
 _PUBLIC_SOURCES = ("public_key", "jwks_url")
 _JWKS_KEYS = ("jwks_ttl_s", "jwks_min_refresh_s")
+_PROVIDER_KEYS = ("name", "issuer", "audiences", "algorithms", *KEY_SOURCES, *_JWKS_KEYS)
 #: RFC 6749 §3.3 scope-token: printable ASCII but space, `"` and `\` (safe in a header).
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -72,6 +73,7 @@ class AuthConfig:
 
 
 def parse_auth_config(t: Table, base_dir: Path) -> AuthConfig:
+    t.expect(keys_of(AuthConfig))
     d = AuthConfig()
     providers: list[ProviderConfig] = []
     for p in t.array("providers"):
@@ -98,6 +100,7 @@ def parse_auth_config(t: Table, base_dir: Path) -> AuthConfig:
 
 
 def _scopes(t: Table) -> ScopesConfig:
+    t.expect(keys_of(ScopesConfig))
     d = ScopesConfig()
     values = {verb: t.text(verb, getattr(d, verb)) for verb in ("predict", "read", "manage",
                                                                   "admin")}
@@ -110,6 +113,7 @@ def _scopes(t: Table) -> ScopesConfig:
 
 
 def _provider(p: Table, base_dir: Path) -> ProviderConfig:
+    p.expect(_PROVIDER_KEYS)
     name = p.text("name")
     issuer = p.text("issuer")
     audiences = p.texts("audiences")

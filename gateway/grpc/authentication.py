@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 
-from gateway.grpc.calls import GrpcCalls, as_principal
+from gateway.grpc.calls import CallFacts, GrpcCalls, with_facts
 from gateway.pipeline import Pipeline
 from gateway.types import RequestContext
 
@@ -39,16 +39,15 @@ class Authentication(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc 
             return handler
         started = time.perf_counter()
         call = self._calls.context_from(details.invocation_metadata, None, frontend)
+        facts = CallFacts(details.method, call.request_id)
         try:
             await self._pipeline.authenticate(call)
         except Exception as exc:  # `fail` renders what is not ours as INTERNAL, logged
-            return self._refusal(exc, started, call)
+            return with_facts(facts, self._refusal(exc, started, call))
         if handler.request_streaming or handler.response_streaming:
             return handler  # none is served yet; the pipeline would authenticate it again
-        return grpc.unary_unary_rpc_method_handler(
-            as_principal(call.principal, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        facts.principal = call.principal
+        return with_facts(facts, handler)
 
     def _refusal(self, error: Exception, started: float,
                  call: RequestContext) -> grpc.RpcMethodHandler:

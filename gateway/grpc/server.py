@@ -3,9 +3,9 @@ service, whose status follows the gateway's readiness. Every call of a dialect b
 server-level ones is authenticated from its metadata before its message is read
 (`gateway.grpc.authentication`); the listener's HTTP/2 limits come from `[server]` and
 `[server.grpc]` (message size, streams per connection, ping enforcement, connection idle and
-age). With tracing on, the official OpenTelemetry interceptor makes each call's server span
-(semantic-convention `rpc.*` attributes, the caller's `traceparent` continued), refused calls
-included; health checks and reflection are left out."""
+age). With tracing on, `gateway.grpc.tracing` makes each call's server span (semantic-convention
+`rpc.*` attributes, the caller's `traceparent` continued), refused calls included; health
+checks and reflection are left out."""
 
 from __future__ import annotations
 
@@ -15,20 +15,15 @@ import contextlib
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
-from opentelemetry.instrumentation.grpc.filters import (
-    any_of,
-    negate,
-    service_name,
-    service_prefix,
-)
 
 from gateway.admission import InflightLimits
 from gateway.config import ServerConfig
+from gateway.drain import Drain
 from gateway.grpc import tfserving, v2
 from gateway.grpc.authentication import Authentication
 from gateway.grpc.calls import GrpcCalls
 from gateway.grpc.tfserving import ModelService, PredictionService
+from gateway.grpc.tracing import ServerSpans
 from gateway.grpc.v2 import InferenceService
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
@@ -101,18 +96,16 @@ def _ms(seconds: float) -> int:
 class GrpcServer:
     def __init__(self, pipeline: Pipeline, config: ServerConfig, readiness: Readiness,
                  metrics: GatewayMetrics, inflight: InflightLimits,
-                 tracing: Tracing | None = None) -> None:
+                 tracing: Tracing | None = None, drain: Drain | None = None) -> None:
         self._config = config
         self._readiness = readiness
         recorder = RequestRecorder(metrics, access_log=config.access_log,
                                    traced=tracing is not None)
         calls = GrpcCalls(config, recorder, None if tracing is None else tracing.tracer,
-                          inflight)
+                          inflight, drain)
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if tracing is not None:  # first, so that the call's span wraps a refusal too
-            interceptors.append(aio_server_interceptor(
-                tracing.provider, negate(any_of(service_name(health.SERVICE_NAME),
-                                                service_prefix("grpc.reflection.")))))
+            interceptors.append(ServerSpans(tracing.tracer))
         interceptors.append(Authentication(pipeline, calls, protected_methods()))
         self._server = grpc.aio.server(options=server_options(config),
                                        interceptors=interceptors)
@@ -138,12 +131,19 @@ class GrpcServer:
         self._watcher = asyncio.get_running_loop().create_task(self._watch_readiness())
         return self.port
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def not_serving(self) -> None:
+        """Health says NOT_SERVING for good (the drain began); calls are still served."""
         if self._watcher:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+            self._watcher = None
         await self._health.enter_graceful_shutdown()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting connections and calls at once (GOAWAY to every client); calls in
+        progress get `grace_s` to finish, then fail with UNAVAILABLE."""
+        await self.not_serving()
         await self._server.stop(grace_s)
 
     async def _watch_readiness(self) -> None:

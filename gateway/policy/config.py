@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.tomlconfig import Table
+from gateway.tomlconfig import Table, keys_of
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class PoliciesConfig:
 
 
 def parse_policies_config(t: Table, base_dir: Path) -> PoliciesConfig:
+    t.expect(keys_of(PoliciesConfig))
     d = PoliciesConfig()
     directory = t.text("directory", "")
     path = Path(directory)

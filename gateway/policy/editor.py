@@ -8,25 +8,53 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from gateway.errors import Conflict, Unavailable
+from gateway.policy.diff import PolicyDiff, policy_diff
 from gateway.policy.loader import compile_policy, content_hash, read_directory
 from gateway.policy.metrics import RoutingMetrics
 from gateway.policy.model import Policy, Sources
-from gateway.policy.store import NO_POLICY, ActivePolicy, PolicyStore, PolicyVersion
-from gateway.policy.sync import RedisPolicySync
+from gateway.policy.store import (
+    NO_POLICY,
+    ActivePolicy,
+    OnVersion,
+    OnVersions,
+    PolicyStore,
+    PolicyVersion,
+)
 from gateway.tomlconfig import ConfigError
 
 log = logging.getLogger(__name__)
 FILES, ADMIN, ROLLBACK, REPLICA = "files", "admin", "rollback", "redis"
 
+#: What an admin edit makes of the active policy: the sources to run. It may raise (a
+#: `GatewayError` to refuse, `ConfigError` for an invalid document); it runs under the editor's
+#: lock, so no other change lands between reading the active policy and replacing it.
+Edit = Callable[[ActivePolicy], Sources]
+
+
+class PolicySync(Protocol):
+    """How versions are numbered and shared: through Redis among replicas
+    (`RedisPolicySync`), or through the supervisor among workers (`RelayPolicySync`)."""
+
+    origin: str  # of the versions adopted from it, in metrics: "redis", "supervisor"
+
+    async def publish(self, draft: PolicyVersion, floor: int) -> PolicyVersion: ...
+
+    async def versions(self) -> list[PolicyVersion]: ...
+
+    def listen(self, on_connect: OnVersions, on_version: OnVersion) -> None: ...
+
+    async def close(self) -> None: ...
+
 
 class PolicyEditor:
     def __init__(self, adapters: Collection[str], directory: Path | None, keep: int,
-                 metrics: RoutingMetrics, sync: RedisPolicySync | None) -> None:
+                 metrics: RoutingMetrics, sync: PolicySync | None) -> None:
         """Reads the policy files now: a gateway does not start on a broken policy. With
         Redis, they are version 0 until `start` publishes them (or adopts the shared one)."""
         self._adapters = adapters
@@ -61,16 +89,35 @@ class PolicyEditor:
         """The policy `sources` would be, without applying it (dry runs)."""
         return self._compile(sources, ADMIN)
 
-    async def apply(self, sources: Sources, origin: str) -> PolicyVersion:
+    def preview(self, edit: Edit) -> tuple[Sources, Policy, PolicyDiff]:
+        """What `edit` would run and change, without applying it (dry runs)."""
+        active = self.store.active
+        sources = edit(active)
+        policy = self._compile(sources, ADMIN)
+        return sources, policy, policy_diff(active.policy, policy, active.version.sources,
+                                            sources)
+
+    async def apply(self, sources: Sources, origin: str,
+                    author: str | None = None) -> PolicyVersion:
         """Run `sources` as a new version (the running one if the content is the same);
         raises `ConfigError` if invalid, `Unavailable` if Redis cannot share it."""
+        return await self.edit(lambda _: sources, origin, author)
+
+    async def edit(self, edit: Edit, origin: str, author: str | None = None) -> PolicyVersion:
+        """`apply` what `edit` makes of the active policy; `author`: who asked, logged with
+        the diff and kept with the version."""
         async with self._lock:
+            try:
+                sources = edit(self.store.active)
+            except ConfigError as exc:
+                self._refuse(origin, exc)
+                raise
             policy = self._checked(sources, origin)
             current = self.store.active.version
             if content_hash(sources) == current.hash:
                 self._metrics.policy_changes.labels(origin, "unchanged").inc()
                 return current
-            return await self._publish(sources, origin, current.number, policy)
+            return await self._publish(sources, origin, current.number, policy, author)
 
     async def reload_files(self) -> None:
         """Apply the policy directory if it differs from the running policy (file watch,
@@ -84,7 +131,7 @@ class PolicyEditor:
         with contextlib.suppress(ConfigError, Unavailable):  # logged and counted by apply
             await self.apply(sources, FILES)
 
-    async def rollback(self) -> PolicyVersion:
+    async def rollback(self, author: str | None = None) -> PolicyVersion:
         """Run the version the current one replaced, as a new version whose own rollback goes
         one further back."""
         async with self._lock:
@@ -97,7 +144,8 @@ class PolicyEditor:
                 raise Conflict(f"version {current.parent}, before {current.number}, is no "
                                "longer kept")
             policy = self._checked(previous.sources, ROLLBACK)
-            return await self._publish(previous.sources, ROLLBACK, previous.parent, policy)
+            return await self._publish(previous.sources, ROLLBACK, previous.parent, policy,
+                                       author)
 
     async def adopt(self, version: PolicyVersion) -> None:
         """A version another replica published (or that Redis held when this one started)."""
@@ -105,12 +153,13 @@ class PolicyEditor:
             if version.number <= self.store.active.version.number:
                 self.store.remember(version)
                 return
+            origin = self._sync.origin if self._sync is not None else REPLICA
             try:
-                policy = self._checked(version.sources, REPLICA)
+                policy = self._checked(version.sources, origin)
             except ConfigError:
                 self.store.remember(version)
                 return
-            self._install(version, policy, REPLICA)
+            self._install(version, policy, origin)
 
     async def catch_up(self, shared: list[PolicyVersion]) -> None:
         """On (re)connecting to Redis: adopt what it holds, oldest first; if it holds nothing
@@ -125,9 +174,10 @@ class PolicyEditor:
                                 active.version.parent, active.policy)
 
     async def _publish(self, sources: Sources, origin: str, parent: int | None,
-                       policy: Policy) -> PolicyVersion:
+                       policy: Policy, author: str | None = None) -> PolicyVersion:
         current = self.store.active.version
-        draft = PolicyVersion(0, content_hash(sources), origin, sources, parent, time.time())
+        draft = PolicyVersion(0, content_hash(sources), origin, sources, parent, time.time(),
+                              author)
         if self._sync is None:
             version = replace(draft, number=current.number + 1)
         else:
@@ -142,12 +192,18 @@ class PolicyEditor:
         return version
 
     def _install(self, version: PolicyVersion, policy: Policy, origin: str) -> None:
+        """Every change is logged with who made it (admin changes, rollbacks) and its diff
+        against the version it replaces here."""
+        before = self.store.active
         if self.store.install(ActivePolicy(version, policy)):
             self._metrics.policy_version.set(version.number)
             self._metrics.policy_changes.labels(origin, "applied").inc()
-            log.info("policy version %d (%s, %s) applied: %d routes, %d limits",
-                     version.number, version.origin, version.hash, len(policy.routes),
-                     len(policy.limits))
+            diff = policy_diff(before.policy, policy, before.version.sources, version.sources)
+            by = f", by {version.author}" if version.author is not None else ""
+            log.info("policy version %d (%s%s, %s) applied: %d routes, %d limits; %s "
+                     "(from version %d)%s", version.number, version.origin, by, version.hash,
+                     len(policy.routes), len(policy.limits), diff.summary(),
+                     before.version.number, "\n" + diff.text.rstrip("\n") if diff.text else "")
 
     def _checked(self, sources: Sources, origin: str) -> Policy:
         try:

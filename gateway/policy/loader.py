@@ -17,9 +17,15 @@ from gateway.policy.matching import (
 )
 from gateway.policy.model import Arm, MirrorSpec, Policy, Route, Sources, TargetSpec
 from gateway.ratelimit.rules import COSTS, ON_REDIS_ERROR, LimitRule
-from gateway.tomlconfig import ConfigError, Source, Table
+from gateway.tomlconfig import ConfigError, Source, Table, keys_of
 
 FALLBACK_VARIANT = "fallback"
+SECTIONS = ("routes", "limits")  # a policy document's top-level keys
+ROUTE_KEYS = ("name", "model", "headers", "claims", "target", "variants", "sticky", "override",
+              "fallbacks", "mirror")
+TARGET_KEYS = ("adapter", "model", "version", "label", "variant")
+VARIANT_KEYS = (*TARGET_KEYS, "weight")
+MIRROR_KEYS = (*TARGET_KEYS, "percent", "tolerance", "timeout_ms")
 
 
 def policy_files(directory: Path) -> list[Path]:
@@ -52,6 +58,7 @@ def compile_policy(sources: Sources, adapters: Collection[str],
     limits: list[LimitRule] = []
     for name, text in sources:
         root = Source(base / name if base else Path(name), text).root()
+        root.expect(SECTIONS)
         for t in root.array("routes"):
             route = _route(t, adapters)
             if any(r.name == route.name for r in routes):
@@ -67,6 +74,7 @@ def compile_policy(sources: Sources, adapters: Collection[str],
 
 
 def _route(t: Table, adapters: Collection[str]) -> Route:
+    t.expect(ROUTE_KEYS)
     name = _nonempty(t, "name")
     match = Match(_nonempty(t, "model"),
                   _conditions(t.table("headers"), "header") + _conditions(t.table("claims"),
@@ -98,8 +106,9 @@ def _arms(t: Table, adapters: Collection[str]) -> tuple[Arm, ...]:
     if not tables:
         raise t.error("variants", "a split needs at least one [[variants]] table")
     for v in tables:
+        v.expect(VARIANT_KEYS)
         weight = _positive(v, "weight")
-        target = _target(v, adapters, _nonempty(v, "variant"))
+        target = _target(v, adapters, _nonempty(v, "variant"), VARIANT_KEYS)
         if any(a.target.variant == target.variant for a in arms):
             raise v.error("variant", f"another variant of this route is named {target.variant!r}")
         arms.append(Arm(target, weight))
@@ -107,8 +116,10 @@ def _arms(t: Table, adapters: Collection[str]) -> tuple[Arm, ...]:
 
 
 def _target(t: Table, adapters: Collection[str], variant: str | None = None,
-            finish: bool = True) -> TargetSpec:
-    """A destination table; `variant` is the name to echo when the table sets none."""
+            keys: tuple[str, ...] = TARGET_KEYS) -> TargetSpec:
+    """A destination table, which may hold `keys`; `variant` is the name to echo when the
+    table sets none."""
+    t.expect(keys)
     adapter = t.text("adapter")
     if adapter not in adapters:
         raise t.error("adapter", f"no adapter named {adapter!r} (have: "
@@ -120,17 +131,17 @@ def _target(t: Table, adapters: Collection[str], variant: str | None = None,
     spec = TargetSpec(adapter, t.text("model", "") or None,
                       None if version is None else str(version), label,
                       t.text("variant", variant or "") or None)
-    if finish:
-        t.finish()
+    t.finish()
     return spec
 
 
 def _mirror(t: Table, adapters: Collection[str]) -> MirrorSpec:
+    t.expect(MIRROR_KEYS)
     percent = t.number("percent")
     if not 0 < percent <= 100:
         raise t.error("percent", f"expected a percentage in (0, 100], got {percent:g}")
     spec = MirrorSpec(
-        target=_target(t, adapters, finish=False),
+        target=_target(t, adapters, keys=MIRROR_KEYS),
         percent=percent,
         tolerance=t.number("tolerance", 1e-5, minimum=0),
         timeout_s=t.integer("timeout_ms", 1000, minimum=1) / 1000,
@@ -158,6 +169,7 @@ def _conditions(t: Table, source: str) -> tuple[tuple[RequestKey, Condition], ..
 
 
 def _condition(t: Table, kind: ConditionKind) -> Condition:
+    t.expect(CONDITION_KINDS)
     if kind in ("present", "absent"):
         if not t.flag(kind, False):
             raise t.error(kind, f"only `{kind} = true` is meaningful")
@@ -185,6 +197,7 @@ def _request_key(t: Table, key: str) -> RequestKey | None:
 
 
 def _limit(t: Table) -> LimitRule:
+    t.expect(keys_of(LimitRule))
     d = LimitRule(name="defaults", models=("*",))
     name = _nonempty(t, "name")
     models = t.texts("models")

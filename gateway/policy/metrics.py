@@ -19,7 +19,7 @@ class RoutingMetrics:
         self.model_label = model_label
         self.policy_version = Gauge(
             "gateway_policy_version", "Number of the routing policy version this gateway runs.",
-            registry=registry)
+            registry=registry, multiprocess_mode="liveall")  # per worker: one may lag
         self.policy_changes = Counter(
             "gateway_policy_changes", "Policy changes by origin (files, admin, rollback, redis) "
             "and result: applied, unchanged, refused (invalid), failed (Redis unreachable).",

@@ -23,6 +23,11 @@ class Mirror:
         self._max_in_flight = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def in_flight(self) -> int:
+        """Mirrored calls running: a drain waits for them (`close` cancels them)."""
+        return len(self._tasks)
+
     def send(self, request: InferRequest, primary: InferResponse, shadow: Shadow) -> None:
         """Start the mirrored call and return at once."""
         if len(self._tasks) >= self._max_in_flight:
@@ -45,7 +50,8 @@ class Mirror:
             parameters=request.parameters, id=request.id,
             context=RequestContext(frontend="mirror", headers=context.headers,
                                    deadline=time.monotonic() + shadow.timeout_s,
-                                   principal=context.principal))
+                                   principal=context.principal,
+                                   request_id=context.request_id))
         started = time.perf_counter()
         try:
             async with asyncio.timeout(shadow.timeout_s):

@@ -18,6 +18,7 @@ from gateway.config import ServerConfig
 from gateway.errors import BadRequest
 from gateway.pipeline import Pipeline
 from gateway.rest.body import read_limited
+from gateway.telemetry import request_ids
 from gateway.types import RequestContext
 
 #: JSON bodies past this size are parsed and decoded in a worker thread: at ~100 ns a number,
@@ -31,6 +32,26 @@ MODEL_KEY = web.RequestKey("model", str)
 CONTEXT_KEY = web.RequestKey("context", RequestContext)
 INFLIGHT_KEY = web.AppKey("inflight", InflightLimits)
 SLOT_KEY = web.RequestKey("inflight_slot", str)  # the model whose slot the request holds
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+#: Load balancers' and orchestrators' probes and Prometheus' scrapes: every few seconds, they
+#: would bury the requests in access lines and traces (`[server] log_probes` keeps them).
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
+                         "/v2/health/ready", "/ping"})
+
+
+def request_id_of(request: web.Request) -> str:
+    """The request's id: its `X-Request-Id` if that is a safe one, else one made for it."""
+    request_id = request.get(REQUEST_ID_KEY)
+    if request_id is None:
+        request_id = request_ids.accept(request.headers.get(request_ids.HEADER))
+        request[REQUEST_ID_KEY] = request_id
+    return request_id
+
+
+async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """An `on_response_prepare` hook: every reply, errors and streams included, carries the
+    request's id."""
+    response.headers[request_ids.HEADER] = request_id_of(request)
 
 
 def context_of(request: web.Request, frontend: str, model: str | None = None) -> RequestContext:
@@ -50,7 +71,8 @@ def context_of(request: web.Request, frontend: str, model: str | None = None) ->
     if model is not None:
         request[MODEL_KEY] = model
     context = RequestContext(frontend=frontend, headers=request.headers,
-                             deadline=time.monotonic() + timeout_ms / 1000.0)
+                             deadline=time.monotonic() + timeout_ms / 1000.0,
+                             request_id=request_id_of(request))
     request[CONTEXT_KEY] = context
     return context
 

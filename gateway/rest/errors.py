@@ -1,7 +1,8 @@
-"""Turns every failure into a JSON `{"error": ...}` reply with the right status, logs it once
-and records the request (metrics, access line); no traceback ever reaches a client. A reply
-sent before a large or unbounded body was read closes the connection rather than drain what the
-client sends; a small one is drained, so a shed keep-alive client need not reconnect."""
+"""Turns every failure into a JSON `{"error": ...}` reply (TorchServe's dialect: its own
+shape) with the right status, logs it once and records the request (metrics, access line); no
+traceback ever reaches a client. A reply sent before a large or unbounded body was read closes
+the connection rather than drain what the client sends; a small one is drained, so a shed
+keep-alive client need not reconnect."""
 
 from __future__ import annotations
 
@@ -10,48 +11,68 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.codecs import jsonio
 from gateway.errors import GatewayError, Overloaded, PayloadTooLarge, log_level
-from gateway.rest.common import CONTEXT_KEY, FRONTEND_KEY, MODEL_KEY, release_slot
+from gateway.rest import torchserve
+from gateway.rest.common import (
+    CONFIG_KEY,
+    CONTEXT_KEY,
+    FRONTEND_KEY,
+    MODEL_KEY,
+    PROBE_PATHS,
+    release_slot,
+    request_id_of,
+)
+from gateway.telemetry import request_ids
 from gateway.telemetry.requests import RequestRecorder
 
 log = logging.getLogger("gateway.errors")
 RECORDER_KEY = web.AppKey("recorder", RequestRecorder)
-DRAIN_LIMIT_BYTES = 64 * 1024  # an unread body up to this size is read and dropped
+DRAIN_LIMIT_BYTES = 64 * 1024  # a refused request's connection stays open if its body is this small
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_reply(status: int, message: str,
+def error_reply(request: web.Request, status: int, error: str, message: str,
                 headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=jsonio.dumps({"error": message}), status=status, headers=headers,
+    """`{"error": message}`, or TorchServe's shape for a request to its dialect."""
+    body = (torchserve.error_body(status, error, message) if torchserve.speaks_torchserve(request)
+            else jsonio.dumps({"error": message}))
+    return web.Response(body=body, status=status, headers=headers,
                         content_type="application/json")
 
 
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
+    request_id = request_id_of(request)
+    bound = request_ids.bind(request_id)  # for backend calls and log lines
+    # Probes and scrapes come every few seconds: no access line, and a refusal (not ready yet)
+    # at debug level, unless `[server] log_probes`
+    logged = request.path not in PROBE_PATHS or request.app[CONFIG_KEY].log_probes
     error = ""
     try:
         response = await handler(request)
     except GatewayError as exc:
         error = type(exc).__name__
-        log.log(log_level(exc),
+        log.log(log_level(exc) if logged else logging.DEBUG,
                 "%s %s -> %d %s: %s", request.method, request.path, exc.http_status, error,
                 exc.message)
-        response = error_reply(exc.http_status, exc.message, exc.reply_headers())
+        response = error_reply(request, exc.http_status, error, exc.message,
+                               exc.reply_headers())
         if isinstance(exc, Overloaded):
             hold_off(request, exc.retry_after_s or 1.0)
     except RequestPayloadError:
         error = "MalformedBody"
-        response = error_reply(400, "malformed request body: its transfer or content encoding "
-                               "could not be decoded")
+        response = error_reply(request, 400, error, "malformed request body: its transfer or "
+                               "content encoding could not be decoded")
     except web.HTTPRequestEntityTooLarge as exc:
         error = PayloadTooLarge.__name__
-        response = error_reply(413, f"request body too large: {exc.text}")
+        response = error_reply(request, 413, error, f"request body too large: {exc.text}")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -59,24 +80,37 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         message = {404: f"no such endpoint: {request.path}",
                    405: f"method {request.method} not allowed on {request.path}"}.get(
             exc.status, exc.reason)
-        response = error_reply(exc.status, message)
+        response = error_reply(request, exc.status, error, message)
     except Exception:
         error = "InternalError"
         log.exception("%s %s -> 500: unhandled error", request.method, request.path)
-        response = error_reply(500, "internal error (logged by the gateway)")
+        response = error_reply(request, 500, error, "internal error (logged by the gateway)")
     finally:
         release_slot(request)
-    if error and request.body_exists and not request.content.is_eof() and (
+        request_ids.unbind(bound)
+    if error and request.body_exists and not request.content.at_eof() and (
             request.content_length is None or request.content_length > DRAIN_LIMIT_BYTES):
-        response.force_close()
+        response.force_close()  # after the listener's lingering read of what is in flight
     context = request.get(CONTEXT_KEY)
     if context is not None and context.reply_headers:
         response.headers.update(context.reply_headers)
-    request.app[RECORDER_KEY].finished(
+    recorder = request.app[RECORDER_KEY]
+    recorder.finished(
         request.get(FRONTEND_KEY, "http"), request.get(MODEL_KEY, ""), str(response.status),
-        error, time.perf_counter() - started, context,
-        request=f"{request.method} {request.path}")
+        error, time.perf_counter() - started, context, request_id=request_id,
+        request=f"{request.method} {request.path}", log=logged,
+        **(_connection_fields(request, response) if logged and recorder.logs else {}))
     return response
+
+
+def _connection_fields(request: web.Request, response: web.StreamResponse) -> dict[str, Any]:
+    """Who sent the request and the body bytes each way, as they crossed the wire (compressed
+    if they were); a streamed reply counts what was written, its head and chunk framing
+    included."""
+    return {"client": request.remote or "", "user_agent": request.headers.get("User-Agent", ""),
+            "bytes_in": request.content.total_bytes,
+            "bytes_out": response.body_length if response.prepared
+            else response.content_length or 0}
 
 
 

@@ -31,7 +31,7 @@ class OpsRoutes:
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text, or OpenMetrics (which carries the trace-id exemplars) when the
-        scraper's Accept header asks for it."""
+        scraper's Accept header asks for it. In a group of workers, every worker's metrics."""
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encode(self._metrics.registry),
+        return web.Response(body=encode(self._metrics.exposition),
                             headers={"Content-Type": content_type})

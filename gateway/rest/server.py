@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
 from gateway.admission import InflightLimits
 from gateway.config import ServerConfig
+from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
-from gateway.rest.common import CONFIG_KEY, INFLIGHT_KEY
+from gateway.rest.common import CONFIG_KEY, INFLIGHT_KEY, PROBE_PATHS, echo_request_id
+from gateway.rest.draining import close_when_draining, drain_guard
 from gateway.rest.errors import RECORDER_KEY, errors_and_metrics
 from gateway.rest.management import ManagementRoutes
 from gateway.rest.ops import OpsRoutes
@@ -20,16 +22,28 @@ from gateway.rest.v2 import Readiness, V2Routes
 from gateway.telemetry.requests import RequestRecorder
 from gateway.telemetry.setup import Tracing
 
+#: The `Server` header of every reply. aiohttp's default names the Python and aiohttp versions,
+#: which tells a scanner which published vulnerabilities to try.
+SERVER_NAME = "inference-gateway"
+
 
 def build_http_app(pipeline: Pipeline, config: ServerConfig, readiness: Readiness,
                    metrics: GatewayMetrics, inflight: InflightLimits,
-                   tracing: Tracing | None = None) -> web.Application:
-    middlewares: list[Middleware] = [errors_and_metrics]
+                   tracing: Tracing | None = None, drain: Drain | None = None
+                   ) -> web.Application:
+    drain = drain or Drain()
+    middlewares: list[Middleware] = [errors_and_metrics, drain_guard(drain)]
     if tracing is not None:
-        middlewares.insert(0, server_spans(tracing.tracer))
+        middlewares.insert(0, server_spans(tracing.tracer,
+                                           frozenset() if config.log_probes else PROBE_PATHS))
     # aiohttp's own cap must admit uploads; each route then enforces its own limit.
-    app = web.Application(middlewares=middlewares,
+    # Bodies are inflated by `gateway.rest.body` as they are read, within the route's limit,
+    # never by the parser as they arrive (a 0.5 MB gzip bomb inflated on the loop in one go).
+    app = web.Application(middlewares=middlewares, handler_args={"auto_decompress": False},
                           client_max_size=max(config.max_body_bytes, config.max_upload_bytes))
+    app.on_response_prepare.append(close_when_draining(drain))
+    app.on_response_prepare.append(echo_request_id)
+    app.on_response_prepare.append(name_the_server)
     app[CONFIG_KEY] = config
     app[INFLIGHT_KEY] = inflight
     app[RECORDER_KEY] = RequestRecorder(metrics, access_log=config.access_log,
@@ -39,3 +53,8 @@ def build_http_app(pipeline: Pipeline, config: ServerConfig, readiness: Readines
                       TorchServeRoutes(pipeline, readiness)):
         app.add_routes(route_set.routes())
     return app
+
+
+async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    """An `on_response_prepare` hook: it runs after aiohttp set its default `Server`."""
+    response.headers[hdrs.SERVER] = SERVER_NAME

@@ -21,6 +21,12 @@ _PATH = re.compile(
     r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?$")
 
 
+#: aiohttp's name for the one route that takes every TF Serving path (`route_template` names
+#: each path's own route)
+CATCH_ALL = "/v1/models/{tail}"
+_VERBS = ("predict", "classify", "regress")
+
+
 class TfServingRoutes:
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
@@ -58,6 +64,22 @@ class TfServingRoutes:
             decoder=body.decode, decode_off_loop=json.large))
         document = tfserving_json.encode_predict(response.outputs, row_format=body.row_format)
         return json_reply(document, nonfinite=jsonio.has_nonfinite(response.outputs))
+
+
+def route_template(tail: str) -> str | None:
+    """The TF Serving route a path below /v1/models/ takes, with placeholders for what varies:
+    `/v1/models/{model}/versions/{version}:predict`; None for a path of no route."""
+    match = _PATH.match(tail)
+    if match is None or (match["verb"] is not None and match["verb"] not in _VERBS):
+        return None
+    template = "/v1/models/{model}"
+    if match["version"] is not None:
+        template += "/versions/{version}"
+    elif match["label"] is not None:
+        template += "/labels/{label}"
+    if match["metadata"]:
+        return template + "/metadata"
+    return template + (f":{match['verb']}" if match["verb"] else "")
 
 
 def _parse(request: web.Request) -> tuple[ModelRef, bool, str | None]:

@@ -2,7 +2,8 @@
 clients can point at the gateway unchanged and reach any backend. A TorchServe backend gets the
 body as it is and its reply comes back as it is, streamed parts as HTTP chunks; any other
 backend gets the body as a JSON object of inputs (see `codecs.torchserve_json`) and the reply
-is a JSON object of outputs."""
+is a JSON object of outputs. Failures answer in TorchServe's shape, `{"code", "type",
+"message"}` (`error_body`), not the other dialects' `{"error"}`."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from collections.abc import AsyncGenerator
 
 from aiohttp import web
 
-from gateway.codecs import torchserve_json
+from gateway.codecs import jsonio, torchserve_json
 from gateway.errors import GatewayError
 from gateway.pipeline import Pipeline
 from gateway.rest.common import (
     CONFIG_KEY,
+    FRONTEND_KEY,
     OFF_LOOP_BYTES,
     context_of,
     infer_context,
@@ -28,6 +30,41 @@ from gateway.types import InferRequest, ModelRef
 FRONTEND = "torchserve"
 JSON = "application/json"
 log = logging.getLogger(__name__)
+#: TorchServe's exception class (its REST errors' `type`) for each failure TorchServe has too,
+#: by our error's name; the others keep our name. An unknown version is ModelNotFoundException
+#: there too (TorchServe 0.12: "Model not found: m").
+TORCHSERVE_TYPES = {
+    "NotFound": "ModelNotFoundException",
+    "HTTPNotFound": "ResourceNotFoundException",  # no such path
+    "MethodNotAllowed": "MethodNotAllowedException",
+    "HTTPMethodNotAllowed": "MethodNotAllowedException",
+    "BadRequest": "BadRequestException",
+    "MalformedBody": "BadRequestException",
+    "UnsupportedEncoding": "BadRequestException",
+    "Unavailable": "ServiceUnavailableException",
+    "QueueFull": "ServiceUnavailableException",
+    "Overloaded": "ServiceUnavailableException",
+    "ShuttingDown": "ServiceUnavailableException",
+    "DeadlineExceeded": "RequestTimeoutException",
+    "BackendError": "InternalServerException",
+    "InternalError": "InternalServerException",
+}
+_PATHS = ("/ping", "/predictions")
+
+
+def speaks_torchserve(request: web.Request) -> bool:
+    """A request to this dialect, routed or not (an unknown path under /predictions too)."""
+    if FRONTEND_KEY in request:
+        return request[FRONTEND_KEY] == FRONTEND
+    path = request.path
+    return path in _PATHS or path.startswith("/predictions/")
+
+
+def error_body(status: int, error: str, message: str) -> bytes:
+    """A failure as TorchServe's REST API answers one:
+    `{"code": 404, "type": "ModelNotFoundException", "message": "Model not found: m"}`."""
+    return jsonio.dumps({"code": status, "type": TORCHSERVE_TYPES.get(error, error),
+                         "message": message})
 
 
 class TorchServeRoutes:

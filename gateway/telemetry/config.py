@@ -32,6 +32,7 @@ class TracingConfig:
 
 
 def parse_tracing_config(t: Table, environ: Mapping[str, str] = os.environ) -> TracingConfig:
+    t.expect(("exporter", "protocol", "endpoint", "service_name", "sampler", "sampler_arg"))
     d = TracingConfig()
     exporter = t.text("exporter", "none", choices=EXPORTERS)
     protocol = t.text("protocol", d.protocol, choices=PROTOCOLS)

@@ -7,7 +7,8 @@ call in two lines:
 
 (`http_call(method, url)` likewise, with `out.headers` added to the request's headers.)
 Only W3C trace context is read and written, whatever OTEL_PROPAGATORS says: it is what
-TF Serving, TorchServe and collectors understand, and one propagator costs least.
+TF Serving, TorchServe and collectors understand, and one propagator costs least. The
+request's id goes along as `x-request-id`, traced or not (`request_ids`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import grpc
 from opentelemetry import context, trace
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import Attributes
 
-from gateway.telemetry import spans
+from gateway.telemetry import request_ids, spans
 
 _W3C: Final = TraceContextTextMapPropagator()
+_GRPC_OK: Final = MappingProxyType({"rpc.response.status_code": "OK"})
 
 
 def extract(headers: Mapping[str, str]) -> context.Context:
@@ -55,13 +58,14 @@ def grpc_call(service: str, method: str, address: str) -> AbstractContextManager
     """A client span `service/method` to `address` ("host:port"), per the RPC conventions."""
     tracer = spans.tracer()
     if tracer is None:
-        return _UNTRACED
+        return _untraced()
     if not trace.get_current_span().is_recording():
         return _unsampled()
     host, _, port = address.rpartition(":")
-    return _client(tracer, f"{service}/{method}", {
-        "rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
-        "server.address": host, "server.port": int(port)})
+    name = f"{service}/{method}"
+    return _client(tracer, name, {
+        "rpc.system.name": "grpc", "rpc.method": name, "server.address": host,
+        "server.port": int(port)}, succeeded=_GRPC_OK)
 
 
 def http_call(method: str, url: str) -> AbstractContextManager[Outgoing]:
@@ -69,7 +73,7 @@ def http_call(method: str, url: str) -> AbstractContextManager[Outgoing]:
     `http.response.status_code` to `out.span`."""
     tracer = spans.tracer()
     if tracer is None:
-        return _UNTRACED
+        return _untraced()
     if not trace.get_current_span().is_recording():
         return _unsampled()
     parts = urlsplit(url)
@@ -78,22 +82,46 @@ def http_call(method: str, url: str) -> AbstractContextManager[Outgoing]:
         "server.port": parts.port or (443 if parts.scheme == "https" else 80)})
 
 
+def _headers() -> dict[str, str]:
+    request_id = request_ids.current()
+    return {request_ids.METADATA_KEY: request_id} if request_id else {}
+
+
+def _untraced() -> AbstractContextManager[Outgoing]:
+    """No span, no trace context: only the request id, if the call is made for a request."""
+    request_id = request_ids.current()
+    if not request_id:
+        return _UNTRACED
+    return nullcontext(Outgoing(INVALID_SPAN, {request_ids.METADATA_KEY: request_id}))
+
+
 def _unsampled() -> AbstractContextManager[Outgoing]:
     """No span (the request is not recorded), but its trace context still reaches the
     backend."""
-    headers: dict[str, str] = {}
+    headers = _headers()
     _W3C.inject(headers)
     return nullcontext(Outgoing(INVALID_SPAN, headers))
 
 
 @contextmanager
-def _client(tracer: Tracer, name: str, attributes: Attributes) -> Iterator[Outgoing]:
+def _client(tracer: Tracer, name: str, attributes: Attributes,
+            succeeded: Attributes = None) -> Iterator[Outgoing]:
+    """`succeeded`: attributes the span gets if the block does not raise."""
     span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-    with spans.Scope(span):
-        headers: dict[str, str] = {}
+    try:
+        headers = _headers()
         _W3C.inject(headers, context=trace.set_span_in_context(span))
-        try:
-            yield Outgoing(span, headers)
-        except grpc.aio.AioRpcError as exc:
-            span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
-            raise
+        yield Outgoing(span, headers)
+    except grpc.aio.AioRpcError as exc:  # the status code names the error (semconv RPC)
+        code = exc.code().name
+        span.set_attributes({"rpc.response.status_code": code, "error.type": code})
+        span.set_status(Status(StatusCode.ERROR, exc.details()))
+        raise
+    except BaseException as exc:
+        spans.fail(span, exc)
+        raise
+    else:
+        if succeeded:
+            span.set_attributes(succeeded)
+    finally:
+        span.end()

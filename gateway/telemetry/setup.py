@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
+from opentelemetry.sdk.resources import (
+    SERVICE_NAME,
+    SERVICE_VERSION,
+    OTELResourceDetector,
+    Resource,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -27,6 +32,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import Tracer
 
+import gateway
 from gateway.telemetry.config import TracingConfig
 
 _SAMPLERS: dict[str, Callable[[float], Sampler]] = {
@@ -39,10 +45,16 @@ _SAMPLERS: dict[str, Callable[[float], Sampler]] = {
 }
 
 
+#: The semantic conventions the gateway's spans follow (docs/observability.md), as the schema
+#: every span's instrumentation scope names, so a backend can tell which attribute names mean.
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
+
+
 class Tracing:
     def __init__(self, provider: TracerProvider) -> None:
         self.provider = provider
-        self.tracer: Tracer = provider.get_tracer("gateway")
+        self.tracer: Tracer = provider.get_tracer("gateway", gateway.__version__,
+                                                  schema_url=SCHEMA_URL)
 
     async def close(self) -> None:
         """Export what is queued, then stop. Off the event loop: the exporter blocks, and the
@@ -54,8 +66,9 @@ def build_tracing(config: TracingConfig) -> Tracing | None:
     """None when tracing is off: then nothing on the request path makes or propagates spans."""
     if not config.enabled:
         return None
-    # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME win over the configured name.
-    attributes = {SERVICE_NAME: config.service_name, **OTELResourceDetector().detect().attributes}
+    # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME win over the configured name and version.
+    attributes = {SERVICE_NAME: config.service_name, SERVICE_VERSION: gateway.__version__,
+                  **OTELResourceDetector().detect().attributes}
     provider = TracerProvider(resource=Resource.create(attributes),
                               sampler=_SAMPLERS[config.sampler](config.sampler_arg),
                               shutdown_on_exit=False)  # Gateway.close flushes it

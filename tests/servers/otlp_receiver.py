@@ -37,6 +37,7 @@ class ReceivedSpan:
     links: tuple[ReceivedLink, ...]
     error: bool  # status ERROR
     resource: dict[str, Any]
+    schema_url: str = ""  # the instrumentation scope's: which semantic conventions
 
 
 def _value(value: common_pb2.AnyValue) -> Any:
@@ -59,7 +60,8 @@ def flatten(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Receiv
                     span.span_id.hex(), span.parent_span_id.hex(), _attributes(span.attributes),
                     tuple(ReceivedLink(link.trace_id.hex(), link.span_id.hex(),
                                        _attributes(link.attributes)) for link in span.links),
-                    span.status.code == trace_pb2.Status.STATUS_CODE_ERROR, resource))
+                    span.status.code == trace_pb2.Status.STATUS_CODE_ERROR, resource,
+                    scope_spans.schema_url))
     return found
 
 
