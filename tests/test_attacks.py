@@ -76,16 +76,14 @@ from typing import Any
 
 import aiohttp
 import grpc
-import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from protos.tensorflow_serving.apis import model_pb2, predict_pb2
 from tests.auth_support import claims, hs_provider, sign
 from tests.conftest import put_model
-from tests.onnx_models import demo_bytes
+from tests.onnx_models import demo_bytes, memory_bomb_bytes
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -762,25 +760,8 @@ async def test_7_an_upload_is_refused_before_its_first_byte(gw_: Gateway, who: s
     error_of(status, headers, body)
 
 
-def constant_of_shape_bomb(rows: int = 100_000, cols: int = 8_192) -> bytes:
-    """~228 bytes of ONNX whose warm-up fills a float tensor [rows, cols] (3.3 GB) with ones:
-    too large for ONNX Runtime to fold at load, so only running it allocates it."""
-    graph = helper.make_graph(
-        [helper.make_node("ConstantOfShape", ["shape"], ["big"],
-                          value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])),
-         helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
-         helper.make_node("Add", ["x", "total"], ["y"])],
-        "bomb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
-        [numpy_helper.from_array(np.array([rows, cols], np.int64), "shape")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    data: bytes = model.SerializeToString()
-    return data
-
-
 async def test_8_an_onnx_memory_bomb_upload_is_400(gw_: Gateway) -> None:
-    bomb = constant_of_shape_bomb()
+    bomb = memory_bomb_bytes()
     assert len(bomb) < 300
     async with attack(gw_, f"8 ONNX ConstantOfShape bomb ({len(bomb)} B) upload, admin"):
         status, headers, body = await exchange(gw_, http_request(
