@@ -26,7 +26,11 @@ def load(tmp_path: Path, text: str) -> RedisConfig | None:
 def test_defaults_and_explicit_values(tmp_path: Path) -> None:
     assert load(tmp_path, "") is None
     assert load(tmp_path, '[redis]\nurl = "redis://r:6379/0"\n') == RedisConfig(
-        "redis://r:6379/0", timeout_ms=50, breaker_failures=3, breaker_reset_s=5.0)
+        "redis://r:6379/0", timeout_ms=50, breaker_failures=3, breaker_reset_s=5.0,
+        lease_max_share=0.05, lease_ttl_ms=1000)
+    leases = load(tmp_path, '[redis]\nurl = "redis://r"\nlease_max_share = 0\n'
+                            'lease_ttl_ms = 250\n')
+    assert leases is not None and (leases.lease_max_share, leases.lease_ttl_ms) == (0, 250)
     assert load(tmp_path, '[redis]\nurl = "redis://r"\ntimeout_ms = 20\nbreaker_failures = 1\n'
                           'breaker_reset_s = 0.5\n') == RedisConfig("redis://r", 20, 1, 0.5)
 
@@ -46,6 +50,10 @@ def test_url_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     ('[redis]\nurl = "redis://r"\ntimeout_ms = 0\n', [":3:", "redis.timeout_ms", ">= 1"]),
     ('[redis]\nurl = "redis://r"\nbreaker_failures = 0\n', ["redis.breaker_failures", ">= 1"]),
     ('[redis]\nurl = "redis://r"\ntimeout = 5\n', ["redis.timeout", "unknown key"]),
+    ('[redis]\nurl = "redis://r"\nlease_max_share = 1.5\n',
+     [":3:", "redis.lease_max_share", "from 0 to 1"]),
+    ('[redis]\nurl = "redis://r"\nlease_max_share = -0.1\n', ["redis.lease_max_share", ">= 0"]),
+    ('[redis]\nurl = "redis://r"\nlease_ttl_ms = 5\n', ["redis.lease_ttl_ms", ">= 10"]),
 ])
 def test_invalid_redis_sections(tmp_path: Path, text: str, fragments: list[str]) -> None:
     with pytest.raises(ConfigError) as error:

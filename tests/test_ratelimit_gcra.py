@@ -32,7 +32,7 @@ def slow_rule(name: str, models: tuple[str, ...], **fields: Any) -> LimitRule:
 
 def infer_request(model: str = "demo", subject: str = "alice", **claims: str) -> InferRequest:
     return InferRequest(ModelRef(model), RequestContext(
-        "test", {}, time.monotonic() + 60, Principal(subject, claims)))
+        "test", {}, time.monotonic() + 60, principal=Principal(subject, claims)))
 
 
 async def attempt(limiter: RateLimiter, request: InferRequest,
@@ -49,12 +49,15 @@ async def attempt(limiter: RateLimiter, request: InferRequest,
 async def make_limiter(
         redis_process: RedisServer) -> AsyncIterator[MakeLimiter]:  # noqa: F811
     """Limiters over the test's Redis: `make(*rules, metrics=None, **[redis] settings)`. The
-    timeout defaults to a generous 2 s: exactness tests must not fail open on a busy machine."""
+    timeout defaults to a generous 2 s: exactness tests must not fail open on a busy machine.
+    Leases are off unless asked for: these tests are about each check's exact answer
+    (tests/test_ratelimit_leases.py is about leases)."""
     made: list[RateLimiter] = []
 
     def make(*rules: LimitRule, metrics: GatewayMetrics | None = None,
              **settings: Any) -> RateLimiter:
         settings.setdefault("timeout_ms", 2000)
+        settings.setdefault("lease_max_share", 0.0)
         limiter = build_limiter(RedisConfig(redis_process.url, **settings), lambda: rules, metrics)
         made.append(limiter)
         return limiter

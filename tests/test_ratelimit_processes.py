@@ -7,6 +7,7 @@ pools) with the limit in a policy file, and 200 concurrent HTTP requests split b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import sys
@@ -63,11 +64,18 @@ async def two_gateways(tmp_path: Path, write_config: Callable[..., Path],
         rate = 1
         period_s = 3600
         burst = 50
-        """))
-    gateways = [GatewayProcess(config, tmp_path / f"gateway-{i}.log") for i in range(2)]
+        """, redis="lease_max_share = 0\n"))  # exact: every check asks Redis
+    async with gateway_processes(config, tmp_path, 2) as gateways:
+        yield gateways
+
+
+@contextlib.asynccontextmanager
+async def gateway_processes(config: Path, tmp_path: Path,
+                            count: int) -> AsyncIterator[list[GatewayProcess]]:
+    """`count` gateways started together on `config`, ready (models loaded), stopped on exit."""
+    gateways = [GatewayProcess(config, tmp_path / f"gateway-{i}.log") for i in range(count)]
     try:
-        for gateway in gateways:
-            await gateway.start()
+        await asyncio.gather(*(gateway.start() for gateway in gateways))
         await wait_until(lambda: all(g.listening() for g in gateways), within=60)
         async with aiohttp.ClientSession() as session:  # the doors open before the models load
 

@@ -14,14 +14,15 @@ from aiohttp.test_utils import TestClient
 from tests.redis_server import RedisServer, redis_process  # noqa: F401 (a fixture)
 
 
-def limits_config(tmp_path: Path, redis_url: str, limits: str) -> str:
-    """`gateway.toml` lines for Redis and a policy directory holding `limits`. The timeout is
-    generous: a burst of requests stalls a cold gateway's event loop for tens of ms (measured),
-    a check that times out fails open or closed, and these tests are about exact answers."""
+def limits_config(tmp_path: Path, redis_url: str, limits: str, redis: str = "") -> str:
+    """`gateway.toml` lines for Redis (plus `redis`, more `[redis]` lines) and a policy
+    directory holding `limits`. The timeout is generous: a burst of requests stalls a cold
+    gateway's event loop for tens of ms (measured), a check that times out fails open or
+    closed, and these tests are about exact answers."""
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "limits.toml").write_text(textwrap.dedent(limits))
-    return (f'[redis]\nurl = "{redis_url}"\ntimeout_ms = 2000\n\n'
+    return (f'[redis]\nurl = "{redis_url}"\ntimeout_ms = 2000\n{redis}\n'
             f'[policies]\ndirectory = "{policies}"\n')
 
 

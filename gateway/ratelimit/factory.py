@@ -13,6 +13,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimiter, Unlimited, gcra
 from gateway.ratelimit.config import RedisConfig
 from gateway.ratelimit.gcra_limiter import GcraLimiter
+from gateway.ratelimit.leases import LeaseBook
 from gateway.ratelimit.rules import LimitRule
 from gateway.ratelimit.script_runner import ScriptRunner
 
@@ -32,4 +33,7 @@ def build_limiter(config: RedisConfig | None, rules: Callable[[], Sequence[Limit
     runner = ScriptRunner(client, gcra.SCRIPT, gcra.SHA, timeout_s, breaker)
     metrics = metrics or GatewayMetrics()
     metrics.watch_breaker(breaker)
-    return GcraLimiter(runner, rules, metrics)
+    leases = (LeaseBook(runner, config.lease_max_share, config.lease_ttl_ms / 1000,
+                        metrics.ratelimit_lease_units)
+              if config.lease_max_share > 0 else None)
+    return GcraLimiter(runner, rules, metrics, leases)

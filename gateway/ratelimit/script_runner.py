@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.util.types import AttributeValue
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
@@ -40,12 +41,28 @@ class _Call:
     future: asyncio.Future[Any]
 
 
+def span_attributes(client: Redis, sha: str) -> dict[str, AttributeValue]:
+    """The database index is the one the client connects with (the runner never SELECTs)."""
+    target = client.connection_pool.connection_kwargs
+    attributes: dict[str, AttributeValue] = {
+        "db.system.name": "redis", "db.operation.name": "EVALSHA",
+        "db.stored_procedure.name": sha, "db.namespace": str(target.get("db", 0))}
+    if "path" in target:  # a Unix socket
+        attributes["server.address"] = str(target["path"])
+    else:
+        attributes["server.address"] = str(target.get("host", "localhost"))
+        attributes["server.port"] = int(target.get("port", 6379))
+    return attributes
+
+
 class ScriptRunner:
     def __init__(self, client: Redis, script: str, sha: str, timeout_s: float,
                  breaker: CircuitBreaker) -> None:
         self._client = client
         self._script = script
         self._sha = sha
+        #: A call's span attributes (semconv database, Redis): what runs, and where.
+        self.span_attributes = span_attributes(client, sha)
         self._timeout_s = timeout_s
         self._breaker = breaker
         self._pending: list[_Call] = []
@@ -53,14 +70,22 @@ class ScriptRunner:
 
     async def call(self, keys: Sequence[str], args: Sequence[int | str]) -> Any:
         """The script's reply; raises `ScriptError` if there is none."""
-        if not self._breaker.allow():
-            raise ScriptError(f"circuit {self._breaker.name} is open", self._retry_after_s())
+        return await self.submit(keys, args)
+
+    def submit(self, keys: Sequence[str], args: Sequence[int | str]) -> asyncio.Future[Any]:
+        """The same as a future, for callers that must act on the reply even if the caller
+        that awaits it is cancelled (a lease's units are taken whether anyone waits or not).
+        Callbacks added at once run before the callers queued after this one resume."""
         loop = asyncio.get_running_loop()
-        call = _Call(keys, args, loop.create_future())
-        self._pending.append(call)
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._breaker.allow():
+            future.set_exception(
+                ScriptError(f"circuit {self._breaker.name} is open", self._retry_after_s()))
+            return future
+        self._pending.append(_Call(keys, args, future))
         if len(self._pending) == 1 and not self._in_flight:
             loop.call_soon(self._flush)
-        return await call.future
+        return future
 
     async def close(self) -> None:
         """Let the round trips under way finish (their callers are waiting), then disconnect."""
