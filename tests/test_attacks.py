@@ -60,7 +60,6 @@ import contextlib
 import http.client
 import json
 import re
-import signal
 import struct
 import subprocess
 import sys
@@ -84,6 +83,7 @@ from protos.tensorflow_serving.apis import model_pb2, predict_pb2
 from tests.auth_support import claims, hs_provider, sign
 from tests.conftest import put_model
 from tests.onnx_models import demo_bytes, memory_bomb_bytes
+from tests.servers.gateway_process import gateway_process
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,33 +226,15 @@ def _config(tmp: Path) -> Path:
     return path
 
 
-def _ports(log: Path, process: subprocess.Popen[bytes]) -> dict[str, int]:
-    """The ports `gateway serve` logs once both doors listen (waited on, not slept for)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = dict(re.findall(r"listening on (http|grpc)://127\.0\.0\.1:(\d+)",
-                                log.read_text(errors="replace")))
-        if len(found) == 2:
-            return {door: int(port) for door, port in found.items()}
-        assert process.poll() is None, log.read_text(errors="replace")
-        time.sleep(0.02)
-    raise AssertionError("gateway did not report both ports:\n" + log.read_text())
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory,
             request: pytest.FixtureRequest) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("attacks")
     config, log = _config(tmp), tmp / "gateway.log"
-    with log.open("wb") as sink:  # a file, not a pipe: the gateway can never block on its log
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config),
-             "--http-port", "0", "--grpc-port", "0"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sink)
-    try:
-        ports = _ports(log, process)
+    with gateway_process(config, log) as running:
+        process = running.process
         now = time.time()
-        gw = Gateway(process, ports["http"], ports["grpc"], log,
+        gw = Gateway(process, running.http_port, running.grpc_port, log,
                      predict_token=sign(claims(now, scope="predict")),
                      admin_token=sign(claims(now, scope="predict admin")))
         asyncio.run(_warm_up(gw))
@@ -263,13 +245,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory,
         finally:
             gw.probe.stop()
         _report(request, gw, gw.rss() if process.poll() is None else 0)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def _report(request: pytest.FixtureRequest, gw: Gateway, rss: int) -> None:
