@@ -1,1 +1,1 @@
-"""Backend adapters: one module per backend kind, all behind `adapters.base.Adapter`."""
+"""Backend adapters: one module per backend kind, all behind `gateway.backend.Adapter`."""

@@ -1,28 +1,21 @@
 """Where a backend call goes, for every remote adapter: the least busy of a backend's endpoints,
 and once more to another one if the first is unavailable (not reached, or it refused the call
-before running it)."""
+before running it). `GrpcPool` is that for unary gRPC calls; each attempt is a client span
+whose `traceparent` goes to the backend."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 
-from gateway.errors import Unavailable
+from adapters.pool_config import PoolConfig
+from gateway.errors import GatewayError, Unavailable
+from gateway.telemetry import propagation
 
 T = TypeVar("T")
-
-
-class ChannelSettings(Protocol):
-    """The channel keys every gRPC adapter's config has."""
-
-    @property
-    def max_message_bytes(self) -> int: ...
-    @property
-    def keepalive_time_s(self) -> float: ...
-    @property
-    def connect_timeout_s(self) -> float: ...
 
 
 class Endpoint:
@@ -32,7 +25,7 @@ class Endpoint:
 
 
 class GrpcEndpoint(Endpoint):
-    def __init__(self, address: str, config: ChannelSettings) -> None:
+    def __init__(self, address: str, config: PoolConfig) -> None:
         super().__init__(address)
         self.channel = grpc.aio.insecure_channel(address, options=[
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -77,3 +70,49 @@ class Balancer(Generic[E]):
                 endpoint.outstanding -= 1
             endpoint = min(others, key=lambda e: e.outstanding)
         raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class Rpc:
+    """A backend method: its names, and the stub's callable for it on an endpoint."""
+
+    service: str
+    method: str
+    stub: Callable[[grpc.aio.Channel], Any]  # the generated stub class
+
+    def on(self, endpoint: GrpcEndpoint) -> Any:
+        return getattr(endpoint.stub(self.stub), self.method)
+
+
+#: A backend's gRPC failure as ours, given the failure and where it happened ("backend NAME").
+ErrorMapper = Callable[[grpc.aio.AioRpcError, str], GatewayError]
+
+
+class GrpcPool:
+    """Unary calls to one backend's gRPC endpoints. Failures are mapped by the kind's
+    `error`; UNAVAILABLE must map to `Unavailable`, so the call is tried once elsewhere."""
+
+    def __init__(self, backend: str, addresses: Sequence[str], config: PoolConfig,
+                 error: ErrorMapper) -> None:
+        self._backend = backend
+        self._error = error
+        self._balancer = Balancer([GrpcEndpoint(address, config) for address in addresses])
+        self.endpoints = self._balancer.endpoints
+
+    async def call(self, rpc: Rpc, request: Any, *, seconds: float) -> Any:
+        """Call `rpc` with `request` on the least busy endpoint, `seconds` at most."""
+        return await self._balancer.call(lambda endpoint: self._attempt(endpoint, rpc, request,
+                                                                        seconds))
+
+    async def _attempt(self, endpoint: GrpcEndpoint, rpc: Rpc, request: Any,
+                       seconds: float) -> Any:
+        try:
+            with propagation.grpc_call(rpc.service, rpc.method, endpoint.address) as out:
+                return await rpc.on(endpoint)(request, timeout=max(seconds, 0.001),
+                                              metadata=out.metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, f"backend {self._backend}") from None
+
+    async def close(self) -> None:
+        for endpoint in self.endpoints:
+            await endpoint.channel.close()

@@ -670,7 +670,7 @@ CATEGORIES = (
     ("numpy -> request proto (from_array, PredictRequest, model_spec)",
      ("from_array (gateway/codecs", "model_spec (gateway/codecs")),
     ("gRPC call (stub per call, grpc.aio call/await)",
-     ("EndpointPool.call", "_predict (adapters/tfserving", "grpc/aio/", "grpc/_",
+     ("GrpcPool.call", "_predict (adapters/tfserving", "grpc/aio/", "grpc/_",
       "prediction_service_pb2_grpc")),
     ("signature lookup (model_metadata, cache eviction)",
      ("model_metadata", "_forget_stale_signatures")),

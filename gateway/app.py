@@ -8,21 +8,13 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
-from adapters.base import Adapter, ModelStore
-from adapters.onnx import OnnxAdapter
-from adapters.tfserving import TfServingAdapter
-from adapters.torchserve import TorchServeAdapter
+from adapters.kinds import build_adapter
 from gateway.admission import InflightLimits
 from gateway.auth.factory import build_authenticator, build_authorizer
 from gateway.auth.failures import Reason
 from gateway.auth.jwt_authenticator import JwtAuthenticator
-from gateway.config import (
-    AdapterConfig,
-    GatewayConfig,
-    ModelConfig,
-    OnnxAdapterConfig,
-    TorchServeAdapterConfig,
-)
+from gateway.backend import Adapter, ModelStore
+from gateway.config import GatewayConfig
 from gateway.drain import Drain
 from gateway.grpc.server import GrpcServer
 from gateway.metrics import GatewayMetrics
@@ -59,11 +51,8 @@ class Gateway:
         self._ready = False  # as last asked; the gRPC health poll asks every second
         self.metrics.watch_readiness(lambda: int(self._ready))
         self.adapters: dict[str, Adapter] = {
-            name: _build_adapter(adapter, config.models_of(name), self.metrics)
+            name: build_adapter(adapter, config.models_of(name), self.metrics)
             for name, adapter in config.adapters.items()}
-        for adapter in self.adapters.values():
-            if isinstance(adapter, OnnxAdapter):
-                self.metrics.watch_queues(adapter.queue_depths)
         routing_metrics = RoutingMetrics(self.metrics.registry, self.metrics.model_label)
         policies = config.policies
         # Replicas share policies through Redis; without it, workers through their supervisor.
@@ -161,11 +150,3 @@ class Gateway:
         app.cleanup_ctx.append(lifecycle)
         return app
 
-
-def _build_adapter(config: AdapterConfig, models: dict[str, ModelConfig],
-                   metrics: GatewayMetrics) -> Adapter:
-    if isinstance(config, OnnxAdapterConfig):
-        return OnnxAdapter(config, models, metrics)
-    if isinstance(config, TorchServeAdapterConfig):
-        return TorchServeAdapter(config, models)
-    return TfServingAdapter(config, models)

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from adapters.kinds import KINDS
 from gateway.auth.config import AuthConfig, parse_auth_config
+from gateway.backend import BackendConfig
 from gateway.codecs.budget import DecodeBudget
+from gateway.model_config import BatchingConfig, ModelConfig, parse_batching
 from gateway.policy.config import PoliciesConfig, parse_policies_config
 from gateway.ratelimit.config import RedisConfig, parse_redis_config
 from gateway.telemetry.config import TracingConfig, parse_tracing_config
 from gateway.tomlconfig import ConfigError, Source, Table, keys_of
 
-__all__ = ["BatchingConfig", "ConfigError", "GatewayConfig", "GrpcServerConfig", "ModelConfig",
-           "ServerConfig", "load_config"]
+__all__ = ["ConfigError", "GatewayConfig", "GrpcServerConfig", "ServerConfig", "load_config"]
 
-ADAPTER_KINDS = ("onnx", "tfserving", "torchserve")
 WORKERS_AUTO = "auto"  # [server] workers: one per core this process may run on
 MAX_WORKERS = 1024
 LOG_FORMATS = ("json", "text")
@@ -71,83 +72,10 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
-class BatchingConfig:
-    max_batch_size: int = 32
-    max_queue_delay_ms: float = 0.0
-    max_queue_size: int = 1024
-    concurrent_batches: int = 1
-
-
-@dataclass(frozen=True)
-class OnnxAdapterConfig:
-    name: str
-    repository: Path
-    poll_interval_s: float = 2.0
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    batching: BatchingConfig = BatchingConfig()
-    # A model is first loaded and warmed up in a child process within these bounds.
-    load_timeout_s: float = 60.0
-    load_memory_bytes: int = 2 * 1024**3
-    load_concurrency: int = 2  # models checked and loaded at once
-    run_memory_bytes: int = 2 * 1024**3  # ONNX Runtime's arena per model version; 0: no cap
-    kind: str = "onnx"
-
-
-@dataclass(frozen=True)
-class TfServingAdapterConfig:
-    """TF Serving backends over gRPC; requests balance across `endpoints`."""
-
-    name: str
-    endpoints: tuple[str, ...]
-    max_message_bytes: int = 64 * 1024 * 1024
-    keepalive_time_s: float = 30.0
-    connect_timeout_s: float = 5.0
-    kind: str = "tfserving"
-
-
-@dataclass(frozen=True)
-class TorchServeAdapterConfig:
-    """TorchServe backends: inference over gRPC (or REST), model status and metadata over the
-    gRPC management API; each API's requests balance across its endpoints."""
-
-    name: str
-    management_endpoints: tuple[str, ...]  # gRPC management API, "host:port"
-    protocol: str = "grpc"  # grpc | rest: which inference API the gateway calls
-    endpoints: tuple[str, ...] = ()  # gRPC inference API, "host:port"
-    rest_endpoints: tuple[str, ...] = ()  # REST inference API, "http://host:port"
-    # gRPC needs to know which handlers stream: TorchServe 0.12 answers the wrong call with
-    # one part only (Predictions) or by restarting the worker (StreamPredictions).
-    streaming_models: tuple[str, ...] = ()
-    discovery_interval_s: float = 5.0
-    max_message_bytes: int = 64 * 1024 * 1024
-    keepalive_time_s: float = 30.0
-    connect_timeout_s: float = 5.0
-    kind: str = "torchserve"
-
-
-AdapterConfig = OnnxAdapterConfig | TfServingAdapterConfig | TorchServeAdapterConfig
-_ADAPTER_CONFIGS: dict[str, type[AdapterConfig]] = {
-    "onnx": OnnxAdapterConfig, "tfserving": TfServingAdapterConfig,
-    "torchserve": TorchServeAdapterConfig}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str
-    adapter: str
-    version_policy: str = "latest"  # latest | all | specific
-    latest: int = 1
-    versions: tuple[int, ...] = ()
-    labels: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    batching: BatchingConfig | None = None
-
-
-@dataclass(frozen=True)
 class GatewayConfig:
     source: Path
     server: ServerConfig
-    adapters: Mapping[str, AdapterConfig]
+    adapters: Mapping[str, BackendConfig]
     models: Mapping[str, ModelConfig]
     management_adapter: str | None
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -265,102 +193,14 @@ def _grpc_server(t: Table) -> GrpcServerConfig:
     return config
 
 
-def _batching(t: Table, base: BatchingConfig) -> BatchingConfig:
-    t.expect(keys_of(BatchingConfig))
-    config = BatchingConfig(
-        max_batch_size=t.integer("max_batch_size", base.max_batch_size, minimum=1),
-        max_queue_delay_ms=t.number("max_queue_delay_ms", base.max_queue_delay_ms, minimum=0),
-        max_queue_size=t.integer("max_queue_size", base.max_queue_size, minimum=1),
-        concurrent_batches=t.integer("concurrent_batches", base.concurrent_batches, minimum=1),
-    )
+def _adapter(name: str, t: Table, base_dir: Path) -> BackendConfig:
+    kind = t.text("kind", choices=tuple(KINDS))  # its keys depend on the kind
+    config = KINDS[kind].parse(name, t, base_dir)
     t.finish()
     return config
 
 
-def _adapter(name: str, t: Table, base_dir: Path) -> AdapterConfig:
-    kind = t.text("kind", choices=ADAPTER_KINDS)
-    t.expect(keys_of(_ADAPTER_CONFIGS[kind], without=("name",)))  # the keys depend on the kind
-    config = (_onnx_adapter(name, t, base_dir) if kind == "onnx"
-              else _torchserve_adapter(name, t) if kind == "torchserve"
-              else _tfserving_adapter(name, t))
-    t.finish()
-    return config
-
-
-def _onnx_adapter(name: str, t: Table, base_dir: Path) -> OnnxAdapterConfig:
-    repository = Path(t.text("repository"))
-    if not repository.is_absolute():
-        repository = base_dir / repository
-    # A typo here would serve no models and only show as 404s; an empty directory is fine.
-    if not repository.is_dir():
-        raise t.error("repository", f"{repository} is not a directory (create it, even empty "
-                      "if models will only be uploaded)")
-    d = OnnxAdapterConfig(name=name, repository=repository)
-    return replace(
-        d,
-        poll_interval_s=t.number("poll_interval_s", d.poll_interval_s, minimum=0.05),
-        intra_op_threads=t.integer("intra_op_threads", d.intra_op_threads, minimum=0),
-        inter_op_threads=t.integer("inter_op_threads", d.inter_op_threads, minimum=0),
-        batching=_batching(t.table("batching"), d.batching),
-        load_timeout_s=t.number("load_timeout_s", d.load_timeout_s, minimum=0.1),
-        load_memory_bytes=t.integer("load_memory_bytes", d.load_memory_bytes,
-                                    minimum=16 * 1024**2),
-        load_concurrency=t.integer("load_concurrency", d.load_concurrency, minimum=1),
-        run_memory_bytes=t.integer("run_memory_bytes", d.run_memory_bytes, minimum=0),
-    )
-
-
-def _tfserving_adapter(name: str, t: Table) -> TfServingAdapterConfig:
-    endpoints = t.texts("endpoints")
-    if not endpoints:
-        raise t.error("endpoints", "expected a non-empty list of \"host:port\" strings")
-    for endpoint in endpoints:
-        host, _, port = endpoint.rpartition(":")
-        if not host or not port.isdigit():
-            raise t.error("endpoints", f"expected \"host:port\", got {endpoint!r}")
-    d = TfServingAdapterConfig(name=name, endpoints=endpoints)
-    return replace(
-        d,
-        max_message_bytes=t.integer("max_message_bytes", d.max_message_bytes, minimum=1024),
-        keepalive_time_s=t.number("keepalive_time_s", d.keepalive_time_s, minimum=1),
-        connect_timeout_s=t.number("connect_timeout_s", d.connect_timeout_s, minimum=0.01),
-    )
-
-
-def _torchserve_adapter(name: str, t: Table) -> TorchServeAdapterConfig:
-    protocol = t.text("protocol", "grpc", choices=("grpc", "rest"))
-    d = TorchServeAdapterConfig(name=name,
-                                management_endpoints=_addresses(t, "management_endpoints"))
-    return replace(
-        d,
-        protocol=protocol,
-        endpoints=_addresses(t, "endpoints", required=protocol == "grpc"),
-        rest_endpoints=_addresses(t, "rest_endpoints", required=protocol == "rest", url=True),
-        streaming_models=t.texts("streaming_models"),
-        discovery_interval_s=t.number("discovery_interval_s", d.discovery_interval_s,
-                                      minimum=0.05),
-        max_message_bytes=t.integer("max_message_bytes", d.max_message_bytes, minimum=1024),
-        keepalive_time_s=t.number("keepalive_time_s", d.keepalive_time_s, minimum=1),
-        connect_timeout_s=t.number("connect_timeout_s", d.connect_timeout_s, minimum=0.01),
-    )
-
-
-def _addresses(t: Table, key: str, *, required: bool = True,
-               url: bool = False) -> tuple[str, ...]:
-    """`"host:port"` strings (`"http://host:port"` with `url`), none only if not `required`."""
-    form = "http://host:port" if url else "host:port"
-    addresses = t.texts(key)
-    if required and not addresses:
-        raise t.error(key, f"expected a non-empty list of \"{form}\" strings")
-    for address in addresses:
-        scheme, _, rest = address.rpartition("://") if url else ("http", "", address)
-        host, _, port = rest.rstrip("/").rpartition(":")
-        if scheme not in ("http", "https") or not host or not port.isdigit():
-            raise t.error(key, f"expected \"{form}\", got {address!r}")
-    return tuple(a.rstrip("/") for a in addresses)
-
-
-def _model(name: str, t: Table, adapters: Mapping[str, AdapterConfig]) -> ModelConfig:
+def _model(name: str, t: Table, adapters: Mapping[str, BackendConfig]) -> ModelConfig:
     t.expect(keys_of(ModelConfig, without=("name",)))
     adapter = t.text("adapter")
     if adapter not in adapters:
@@ -378,10 +218,12 @@ def _model(name: str, t: Table, adapters: Mapping[str, AdapterConfig]) -> ModelC
     batching = None
     if "batching" in t:
         backend = adapters[adapter]
-        if not isinstance(backend, OnnxAdapterConfig):
+        # a backend the gateway batches for has a batching default; the others batch themselves
+        base = getattr(backend, "batching", None)
+        if not isinstance(base, BatchingConfig):
             raise t.error("batching", f"adapter {adapter!r} ({backend.kind}) batches itself; "
                           "batching applies to onnx adapters")
-        batching = _batching(t.table("batching"), backend.batching)
+        batching = parse_batching(t.table("batching"), base)
     config = ModelConfig(
         name=name,
         adapter=adapter,

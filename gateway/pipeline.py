@@ -20,9 +20,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from adapters.base import ModelStore, passes_body
 from gateway.auth import Authenticator
 from gateway.authz import Authorizer, Verb
+from gateway.backend import ModelStore, passes_body
 from gateway.errors import DeadlineExceeded, MethodNotAllowed, NotFound, Unavailable
 from gateway.policy.metrics import RoutingMetrics
 from gateway.policy.mirror import Mirror

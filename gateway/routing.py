@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from adapters.base import Adapter
+from gateway.backend import Adapter
 from gateway.errors import NotFound
 from gateway.policy.model import Policy, Route, TargetSpec
 from gateway.policy.split import pick_arm

@@ -18,8 +18,8 @@ from opentelemetry.trace import SpanContext
 
 from adapters.batching import DynamicBatcher
 from adapters.onnx.session import SessionSettings, load_session
-from gateway.config import BatchingConfig
 from gateway.errors import BackendError, DeadlineExceeded, QueueFull, Unavailable
+from gateway.model_config import BatchingConfig
 from gateway.telemetry import spans
 from gateway.types import Tensors
 from tests.onnx_models import demo_bytes

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from adapters.onnx import OnnxAdapter
+from adapters.onnx.adapter import OnnxAdapter
+from adapters.onnx.config import OnnxAdapterConfig
 from adapters.onnx.probe import checks_in_flight
 from gateway.app import Gateway
-from gateway.config import ConfigError, OnnxAdapterConfig, load_config
+from gateway.config import ConfigError, load_config
 from tests.conftest import WriteConfig, put_model
 from tests.onnx_models import (
     demo_bytes,

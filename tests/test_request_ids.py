@@ -19,11 +19,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
+from adapters.torchserve.config import TorchServeAdapterConfig
 from adapters.torchserve.grpc_inference import GrpcInference
 from adapters.torchserve.rest_inference import RestInference
 from adapters.torchserve.transport import PredictCall
 from gateway.codecs import tensor_proto
-from gateway.config import TorchServeAdapterConfig
 from gateway.telemetry import request_ids
 from protos.tensorflow_serving.apis import model_pb2, predict_pb2
 from protos.torchserve import inference_pb2, inference_pb2_grpc

@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from adapters.base import Adapter
+from gateway.backend import Adapter
 from gateway.errors import NotFound
 from gateway.policy.loader import compile_policy
 from gateway.policy.model import Policy

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapters.base import Adapter
 from gateway.auth import AnonymousAuthenticator
 from gateway.authz import AllowAll
+from gateway.backend import Adapter
 from gateway.errors import BadRequest, GatewayError, QueueFull, Unavailable
 from gateway.pipeline import Pipeline
 from gateway.policy.metrics import RoutingMetrics

@@ -403,7 +403,7 @@ async def test_a_stopped_backend_is_a_clear_503_and_the_local_model_still_serves
         assert reply.status == 503
         assert reply.content_type == "application/json"
         error = (await reply.json())["error"]
-        assert f"backend tf ({standin.address})" in error
+        assert error.startswith("backend tf: ")
     local = await client.post("/v1/models/demo:predict", json={"instances": ROWS})
     assert local.status == 200
     np.testing.assert_allclose((await local.json())["predictions"], stable_answer(ROWS),

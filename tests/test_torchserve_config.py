@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, TorchServeAdapterConfig, load_config
+from adapters.torchserve.config import TorchServeAdapterConfig
+from gateway.config import ConfigError, load_config
 
 
 def load(tmp_path: Path, body: str) -> TorchServeAdapterConfig:
@@ -39,8 +40,9 @@ connect_timeout_s = 0.5
 """)
     assert (config.protocol, config.endpoints, config.rest_endpoints) == (
         "rest", (), ("http://ts-a:8080", "https://ts-b:8443"))
-    assert (config.streaming_models, config.discovery_interval_s, config.max_message_bytes,
-            config.keepalive_time_s, config.connect_timeout_s) == (("llm",), 1.5, 2048, 10.0, 0.5)
+    assert (config.streaming_models, config.discovery_interval_s, config.pool.max_message_bytes,
+            config.pool.keepalive_time_s, config.pool.connect_timeout_s) == (
+        ("llm",), 1.5, 2048, 10.0, 0.5)
 
 
 @pytest.mark.parametrize(("body", "fragments"), [

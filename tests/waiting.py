@@ -27,7 +27,7 @@ async def wait_until(condition: Callable[[], bool | Awaitable[bool]],
 async def models_loaded(gateway: Any) -> None:
     """Wait until every in-process model of the first repository scan has loaded (or failed):
     a gateway serves while they load, and tests want them served."""
-    from adapters.onnx import OnnxAdapter
+    from adapters.onnx.adapter import OnnxAdapter
 
     for adapter in gateway.adapters.values():
         if isinstance(adapter, OnnxAdapter):

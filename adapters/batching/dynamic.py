@@ -22,8 +22,8 @@ from typing import Protocol
 from opentelemetry.trace import Link, SpanContext
 
 from adapters.batching.merge import batch_key, concat, rows_of, split
-from gateway.config import BatchingConfig
 from gateway.errors import BackendError, DeadlineExceeded, GatewayError, QueueFull, Unavailable
+from gateway.model_config import BatchingConfig
 from gateway.telemetry import spans
 from gateway.types import Tensors
 

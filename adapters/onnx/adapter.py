@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from adapters.batching import DynamicBatcher
+from adapters.onnx.config import OnnxAdapterConfig
 from adapters.onnx.probe import LoadLimits, check_model
 from adapters.onnx.repository import MODEL_NAME, ModelRepository, VersionFile, wanted_versions
 from adapters.onnx.session import (
@@ -21,9 +22,9 @@ from adapters.onnx.session import (
     as_text,
     load_session,
 )
-from gateway.config import ModelConfig, OnnxAdapterConfig
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.metrics import GatewayMetrics
+from gateway.model_config import ModelConfig
 from gateway.signatures import check_inputs, check_outputs
 from gateway.telemetry import spans
 from gateway.types import (

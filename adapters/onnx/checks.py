@@ -3,8 +3,9 @@ file: `[models.X] labels` naming versions the repository does not hold, or does 
 
 from __future__ import annotations
 
+from adapters.onnx.config import OnnxAdapterConfig
 from adapters.onnx.repository import ModelRepository, wanted_versions
-from gateway.config import GatewayConfig, OnnxAdapterConfig
+from gateway.config import GatewayConfig
 from gateway.tomlconfig import Source
 
 

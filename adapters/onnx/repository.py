@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import ModelConfig
+from gateway.model_config import ModelConfig
 
 MODEL_FILE = "model.onnx"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

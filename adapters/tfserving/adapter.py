@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from adapters.base import configured_models_available
-from adapters.tfserving.endpoints import EndpointPool, Rpc
+import grpc
+
+from adapters.endpoints import GrpcPool, Rpc
+from adapters.tfserving.config import TfServingAdapterConfig
+from gateway.backend import configured_models_available
 from gateway.codecs import tensor_proto, tfserving_grpc
-from gateway.config import ModelConfig, TfServingAdapterConfig
-from gateway.errors import BadRequest, GatewayError
+from gateway.errors import BadRequest, GatewayError, from_backend_code
+from gateway.model_config import ModelConfig
 from gateway.types import (
     InferRequest,
     InferResponse,
@@ -43,19 +46,19 @@ class TfServingAdapter:
         self.name = config.name
         self._config = config
         self._models = models
-        self._pool: EndpointPool | None = None
+        self._pool: GrpcPool | None = None
         # (model, version, label, signature) -> signature; dropped when the version moves on
         self._signatures: dict[ModelRef, ModelMetadata] = {}
 
     async def start(self) -> None:
-        self._pool = EndpointPool(self._config)
+        self._pool = GrpcPool(self.name, self._config.endpoints, self._config.pool, _error)
 
     async def close(self) -> None:
         if self._pool:
             await self._pool.close()
 
     @property
-    def pool(self) -> EndpointPool:
+    def pool(self) -> GrpcPool:
         if self._pool is None:
             raise GatewayError(f"adapter {self.name} is not started")
         return self._pool
@@ -115,3 +118,9 @@ class TfServingAdapter:
                  and m.version != served_version]
         for stale_ref in stale:
             del self._signatures[stale_ref]
+
+
+def _error(exc: grpc.aio.AioRpcError, where: str) -> GatewayError:
+    # UNAVAILABLE (and RESOURCE_EXHAUSTED) become `Unavailable`: the pool then tries another
+    # endpoint, since the call did not run
+    return from_backend_code(exc.code().name, f"{where}: {exc.details() or exc.code().name}")

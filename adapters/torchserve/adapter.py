@@ -11,15 +11,16 @@ import logging
 import time
 from typing import Any
 
-from adapters.base import configured_models_available
 from adapters.torchserve import describe
+from adapters.torchserve.config import TorchServeAdapterConfig
 from adapters.torchserve.grpc_inference import GrpcInference
 from adapters.torchserve.management import TorchServeManagement
 from adapters.torchserve.rest_inference import RestInference
 from adapters.torchserve.transport import Inference, PredictCall
+from gateway.backend import configured_models_available
 from gateway.codecs import torchserve_json
-from gateway.config import ModelConfig, TorchServeAdapterConfig
 from gateway.errors import BackendError, BadRequest, GatewayError, NotFound
+from gateway.model_config import ModelConfig
 from gateway.types import (
     InferRequest,
     InferResponse,

@@ -10,8 +10,8 @@ import grpc
 
 from adapters.endpoints import Balancer, GrpcEndpoint
 from adapters.torchserve import errors
+from adapters.torchserve.config import TorchServeAdapterConfig
 from adapters.torchserve.transport import PredictCall, Reply
-from gateway.config import TorchServeAdapterConfig
 from gateway.errors import BackendError
 from gateway.telemetry import propagation
 from protos.torchserve import inference_pb2, inference_pb2_grpc
@@ -26,7 +26,7 @@ class GrpcInference:
     def __init__(self, config: TorchServeAdapterConfig) -> None:
         self._backend = config.name
         self._streaming = frozenset(config.streaming_models)
-        self._balancer = Balancer([GrpcEndpoint(a, config) for a in config.endpoints])
+        self._balancer = Balancer([GrpcEndpoint(a, config.pool) for a in config.endpoints])
 
     async def predict(self, call: PredictCall) -> Reply:
         request = inference_pb2.PredictionsRequest(

@@ -10,7 +10,7 @@ import orjson
 
 from adapters.endpoints import Balancer, GrpcEndpoint
 from adapters.torchserve import errors
-from gateway.config import TorchServeAdapterConfig
+from adapters.torchserve.config import TorchServeAdapterConfig
 from gateway.errors import BackendError
 from protos.torchserve import management_pb2, management_pb2_grpc
 
@@ -23,7 +23,7 @@ class TorchServeManagement:
     def __init__(self, config: TorchServeAdapterConfig) -> None:
         self._backend = config.name
         self._balancer = Balancer(
-            [GrpcEndpoint(a, config) for a in config.management_endpoints])
+            [GrpcEndpoint(a, config.pool) for a in config.management_endpoints])
 
     async def describe(self, model: str, version: str, *,
                        customized: bool = False) -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ import aiohttp
 
 from adapters.endpoints import Balancer, Endpoint
 from adapters.torchserve import errors
+from adapters.torchserve.config import TorchServeAdapterConfig
 from adapters.torchserve.transport import PredictCall, Reply
-from gateway.config import TorchServeAdapterConfig
 from gateway.errors import BackendError, DeadlineExceeded, Unavailable
 from gateway.telemetry import propagation
 
@@ -20,7 +20,7 @@ from gateway.telemetry import propagation
 class RestInference:
     def __init__(self, config: TorchServeAdapterConfig) -> None:
         self._backend = config.name
-        self._connect_timeout_s = config.connect_timeout_s
+        self._connect_timeout_s = config.pool.connect_timeout_s
         self._balancer = Balancer([Endpoint(a) for a in config.rest_endpoints])
         # made here, inside the running loop: the adapter builds this in `start`
         self._session = aiohttp.ClientSession(

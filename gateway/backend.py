@@ -1,4 +1,7 @@
-"""The one interface every backend sits behind; the pipeline never knows which it has."""
+"""The contract every backend kind meets (the core owns it, so the pipeline and routing import
+nothing from `adapters/`): its config's identity, the `Adapter` the pipeline calls, and the
+optional `ModelStore` the management API uses. The kinds themselves are listed in
+`adapters/kinds.py`."""
 
 from __future__ import annotations
 
@@ -7,6 +10,15 @@ from typing import Protocol, runtime_checkable
 
 from gateway.errors import GatewayError
 from gateway.types import InferRequest, InferResponse, ModelMetadata, ModelRef, VersionStatus
+
+
+class BackendConfig(Protocol):
+    """What every kind's config dataclass (`adapters/<kind>/config.py`) has."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
 
 
 class Adapter(Protocol):
