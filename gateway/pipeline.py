@@ -6,7 +6,10 @@
 Routing comes before the rate limit because a TF Serving JSON body can only be decoded with
 the target's signature, and the limit's cost is the number of rows in the decoded batch. A
 routed request may carry fallbacks: a target that is down or overloaded (`Unavailable`) hands
-the call to the next one; any other failure, a client's mistake included, is the answer.
+the call to the next one; any other failure, a client's mistake included, is the answer. Each
+target gets the request prepared for itself: a body-passing backend the client's bytes, any
+other the body decoded with its own signature; a fallback that decodes to more rows than were
+charged is charged the difference.
 
 Steps trace themselves (`gateway.telemetry.spans`): authentication and the rate limit in their
 own objects, routing here, each backend call in its adapter.
@@ -60,24 +63,48 @@ class Pipeline:
         context = request.context
         routed = await self._admit(context, Verb.PREDICT, request.ref)
         targets = routed.candidates()  # the chosen target, then the route's fallbacks
-        if request.decoder is not None and not (  # a body-passing backend takes the body
-                request.body is not None and passes_body(targets[0].adapter)):
-            # typed by the first target that can give a signature
-            skipped, signature = await self._first_available(
-                targets, lambda t: within_deadline(t.adapter.model_metadata(t.ref), context))
-            targets = targets[skipped:]
-            request.inputs = await decode(request, signature)
-        await self._limiter.check(request, cost=batch_rows(request.inputs))
-        served, response = await self._first_available(
-            targets, lambda t: self._call_adapter(request, t))
+        charged = 0  # rows the limiter has admitted so far
+        for served, target in enumerate(targets):
+            fallible = served < len(targets) - 1
+            try:
+                await self.prepare(request, target)
+            except Unavailable as exc:
+                if not fallible:
+                    raise
+                self._fell_back(target, exc)
+                continue
+            # outside the fallback: a limiter that cannot decide is not the target's failure
+            rows = batch_rows(request.inputs)
+            if rows > charged:
+                await self._limiter.check(request, cost=rows - charged)
+                charged = rows
+            try:
+                response = await self._call_adapter(request, target)
+                break
+            except Unavailable as exc:
+                if not fallible:
+                    raise
+                self._fell_back(target, exc)
         response.variant = targets[served].variant
         if response.variant is not None:
             context.reply_headers[VARIANT_HEADER] = response.variant
         context.version, context.variant = response.version, response.variant or ""
         response.id = request.id
         if routed.mirror is not None:
-            self._mirror.send(request, response, routed.mirror)
+            self._mirror.send(request, response, routed.mirror, self.prepare)
         return response
+
+    async def prepare(self, request: InferRequest, target: Target) -> None:
+        """Make `request` what `target` takes: the client's body as it is for a body-passing
+        backend, else tensors decoded with the target's own signature (an answer to
+        `model_metadata`, so a backend that is down shows as `Unavailable` here)."""
+        request.ref = target.ref
+        if request.decoder is None or (request.body is not None
+                                       and passes_body(target.adapter)):
+            return
+        signature = await within_deadline(target.adapter.model_metadata(target.ref),
+                                          request.context)
+        request.inputs = await decode(request, signature)
 
     async def metadata(self, ref: ModelRef, context: RequestContext) -> ModelMetadata:
         routed = await self._admit(context, Verb.READ, ref)
@@ -133,7 +160,6 @@ class Pipeline:
             return target
 
     async def _call_adapter(self, request: InferRequest, target: Target) -> InferResponse:
-        request.ref = target.ref
         started = time.perf_counter()
         try:
             return await within_deadline(target.adapter.infer(request), request.context)
@@ -150,10 +176,13 @@ class Pipeline:
             try:
                 return index, await call(target)
             except Unavailable as exc:
-                log.info("route %s: %s unavailable, trying the next target: %s",
-                         target.route, target.adapter.name, exc.message)
-                self._metrics.fallbacks.labels(target.route, target.adapter.name).inc()
+                self._fell_back(target, exc)
         return len(fallible), await call(last)
+
+    def _fell_back(self, target: Target, exc: Unavailable) -> None:
+        log.info("route %s: %s unavailable, trying the next target: %s",
+                 target.route, target.adapter.name, exc.message)
+        self._metrics.fallbacks.labels(target.route, target.adapter.name).inc()
 
 
 async def within_deadline(call: Awaitable[T], context: RequestContext) -> T:
@@ -187,7 +216,8 @@ def route_attributes(target: Target) -> dict[str, str]:
 
 
 def batch_rows(inputs: Tensors) -> int:
-    """Rows in a request's batch: the leading dim of its first input (1 for scalars)."""
+    """Rows in a request's batch: the leading dim of its first input (1 for scalars, and for
+    a body passed as it is: one call)."""
     for array in inputs.values():
         return int(array.shape[0]) if array.ndim else 1
     return 1

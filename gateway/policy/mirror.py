@@ -8,13 +8,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from gateway.policy.compare import compare_outputs
 from gateway.policy.metrics import RoutingMetrics
-from gateway.routing import Shadow
+from gateway.routing import Shadow, Target
 from gateway.types import InferRequest, InferResponse, RequestContext
 
 log = logging.getLogger(__name__)
+#: Makes a request what a target takes (`Pipeline.prepare`): the mirror's target may take
+#: the body as it is, or tensors decoded with its own signature.
+Prepare = Callable[[InferRequest, Target], Awaitable[None]]
 
 
 class Mirror:
@@ -28,12 +32,14 @@ class Mirror:
         """Mirrored calls running: a drain waits for them (`close` cancels them)."""
         return len(self._tasks)
 
-    def send(self, request: InferRequest, primary: InferResponse, shadow: Shadow) -> None:
+    def send(self, request: InferRequest, primary: InferResponse, shadow: Shadow,
+             prepare: Prepare) -> None:
         """Start the mirrored call and return at once."""
         if len(self._tasks) >= self._max_in_flight:
             self._metrics.mirrored.labels(shadow.target.route, "skipped").inc()
             return
-        task = asyncio.get_running_loop().create_task(self._call(request, primary, shadow))
+        task = asyncio.get_running_loop().create_task(self._call(request, primary, shadow,
+                                                                     prepare))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -43,11 +49,13 @@ class Mirror:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _call(self, request: InferRequest, primary: InferResponse,
-                    shadow: Shadow) -> None:
+                    shadow: Shadow, prepare: Prepare) -> None:
         context, route = request.context, shadow.target.route
         copy = InferRequest(
-            ref=shadow.target.ref, inputs=request.inputs, outputs=request.outputs,
-            parameters=request.parameters, id=request.id,
+            ref=shadow.target.ref, inputs=request.inputs, decoder=request.decoder,
+            outputs=request.outputs, parameters=request.parameters, id=request.id,
+            body=request.body, content_type=request.content_type,
+            decode_off_loop=request.decode_off_loop,
             context=RequestContext(frontend="mirror", headers=context.headers,
                                    deadline=time.monotonic() + shadow.timeout_s,
                                    principal=context.principal,
@@ -55,6 +63,7 @@ class Mirror:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(shadow.timeout_s):
+                await prepare(copy, shadow.target)
                 reply = await shadow.target.adapter.infer(copy)
         except TimeoutError:
             self._metrics.mirrored.labels(route, "timeout").inc()
