@@ -16,7 +16,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from gateway.auth.factory import build_authenticator
 from gateway.auth.failures import Reason
-from gateway.auth.jwks import parse_jwks
+from gateway.auth.jwks import REFRESH_AHEAD, parse_jwks
 from gateway.auth.jwt_authenticator import JwtAuthenticator
 from gateway.errors import Unauthenticated, Unavailable
 from tests.auth_support import (
@@ -31,6 +31,7 @@ from tests.auth_support import (
     rsa_key,
     sign,
 )
+from tests.waiting import wait_until
 
 TTL_S = 300
 MIN_REFRESH_S = 30
@@ -47,9 +48,14 @@ class JwksHost:
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = [jwk("k1")]
         self.fetches = 0
+        self.served = 0
+        self.hold: asyncio.Event | None = None  # set: answers wait until it is set
 
     async def handle(self, request: web.Request) -> web.Response:
         self.fetches += 1
+        if self.hold is not None:
+            await self.hold.wait()
+        self.served += 1
         return web.json_response({"keys": self.keys})
 
 
@@ -137,13 +143,31 @@ async def test_concurrent_unknown_kids_share_one_fetch(
 
 async def test_after_the_ttl_a_retired_key_stops_verifying(
         authenticator: JwtAuthenticator, clock: FakeClock, host: JwksHost) -> None:
+    """No request came in the refresh-ahead window: past the TTL the request waits."""
     assert await accepts(authenticator, token(clock, "k1"))
     host.keys = [jwk("k2", n=1)]
-    clock.advance(TTL_S - 1)
+    clock.advance(REFRESH_AHEAD * TTL_S - 1)
     assert await accepts(authenticator, token(clock, "k1"))  # the cached set, still fresh
     assert host.fetches == 1
-    clock.advance(1)
+    clock.advance(TTL_S)
     assert not await accepts(authenticator, token(clock, "k1"))
+    assert await accepts(authenticator, token(clock, "k2", n=1))
+    assert host.fetches == 2
+
+
+async def test_the_refresh_before_expiry_does_not_hold_the_request(
+        authenticator: JwtAuthenticator, clock: FakeClock, host: JwksHost) -> None:
+    assert await accepts(authenticator, token(clock, "k1"))
+    host.keys = [jwk("k1"), jwk("k2", n=1)]
+    host.hold = asyncio.Event()
+    clock.advance(REFRESH_AHEAD * TTL_S)
+    # answered from the cached set while the host still holds the refetch
+    assert await accepts(authenticator, token(clock, "k1"))
+    await wait_until(lambda: host.fetches == 2)
+    assert await accepts(authenticator, token(clock, "k1"))  # one refetch in flight, no more
+    host.hold.set()
+    # the refreshed set arrives without a request waiting: the rotated key needs no fetch
+    await wait_until(lambda: host.served == 2)
     assert await accepts(authenticator, token(clock, "k2", n=1))
     assert host.fetches == 2
 

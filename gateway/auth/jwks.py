@@ -1,7 +1,9 @@
 """A provider's signing keys from its JWKS URL: cached for `ttl_s`, refetched when a token names
 an unknown `kid` (key rotation) but at most once per `min_refresh_s`, so a flood of made-up
 kids cannot turn the gateway against the identity provider; the last good copy keeps serving
-while the JWKS host is down.
+while the JWKS host is down. Refreshing is off the request path: past `REFRESH_AHEAD` of the
+TTL a request starts a fetch in the background and goes on with the keys it has, so only the
+first request, an unknown `kid`, or a set left past its whole TTL (no traffic) waits for one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gateway.errors import Unavailable
 log = logging.getLogger("gateway.auth")
 FETCH_TIMEOUT_S = 5.0
 MAX_JWKS_BYTES = 1024 * 1024
+REFRESH_AHEAD = 0.8  # of ttl_s
 _FROM_JWK: dict[str, Callable[[dict[str, Any]], Any]] = {
     "RSA": RSAAlgorithm.from_jwk, "EC": ECAlgorithm.from_jwk, "OKP": OKPAlgorithm.from_jwk}
 
@@ -37,12 +40,17 @@ class JwksKeys:
         self._fetched_at = -math.inf
         self._attempted_at = -math.inf
         self._lock = asyncio.Lock()  # one fetch at a time; waiters then reuse its result
+        self._background: asyncio.Task[None] | None = None
 
     async def key(self, kid: str | None) -> TrustedKey:
         if kid is None:
             raise InvalidToken(Reason.UNKNOWN_KEY, "token header names no key (kid)")
-        if self._keys is None or self._clock() - self._fetched_at >= self._config.ttl_s:
+        age = self._clock() - self._fetched_at
+        if self._keys is None or age >= self._config.ttl_s:
             await self._refresh()
+        elif age >= REFRESH_AHEAD * self._config.ttl_s and (
+                self._background is None or self._background.done()):
+            self._background = asyncio.get_running_loop().create_task(self._refresh())
         if self._keys is not None and kid not in self._keys:
             await self._refresh()  # a rotated key: the one refetch min_refresh_s allows
         if self._keys is None:
