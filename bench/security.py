@@ -1,6 +1,7 @@
 """Issue 5's cost of security: the same request with auth and the rate limiter off, with HS256
 and with RS256 tokens (cached after the first verification) and the Redis GCRA limiter on,
-with leases (the default) and without (`limiter-exact`: every check is a Redis call).
+with leases (the default) and without (`limiter-exact`: every check is a Redis call), and
+with no Redis at all (`limiter-memory`: the same GCRA in the process's memory).
 
     .venv/bin/python bench/security.py [--seconds 6] [--concurrency 16,64] [--rounds 3]
                                        [--setups off,limiter-exact,limiter]
@@ -43,7 +44,8 @@ from tests.redis_server import running_redis  # noqa: E402
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 BODY = {"instances": [[1.0, 2.0, 3.0, 4.0]]}
-SETUPS = ("off", "hs256", "limiter-exact", "limiter", "hs256+limiter", "rs256+limiter")
+SETUPS = ("off", "hs256", "limiter-exact", "limiter", "limiter-memory", "hs256+limiter",
+          "rs256+limiter")
 
 
 AUTH = """
@@ -63,6 +65,11 @@ url = "{redis}"
 timeout_ms = 500
 {leases}
 
+[policies]
+directory = "{policies}"
+poll_interval_s = 3600.0
+"""
+MEMORY_LIMITER = """
 [policies]
 directory = "{policies}"
 poll_interval_s = 3600.0
@@ -113,6 +120,7 @@ def write_setups(tmp: Path, redis_url: str) -> dict[str, tuple[Path, str]]:
               "hs256": (DEMO_CONFIG + hs_auth, hs_token),
               "limiter-exact": (DEMO_CONFIG + exact, ""),
               "limiter": (DEMO_CONFIG + limiter, ""),
+              "limiter-memory": (DEMO_CONFIG + MEMORY_LIMITER.format(policies=policies), ""),
               "hs256+limiter": (DEMO_CONFIG + hs_auth + limiter, hs_token),
               "rs256+limiter": (DEMO_CONFIG + rs_auth + limiter,
                                 jwt.encode(claims, private, algorithm="RS256"))}

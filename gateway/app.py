@@ -57,7 +57,7 @@ class Gateway:
         policies = config.policies
         # Replicas share policies through Redis; without it, workers through their supervisor.
         sync: PolicySync | None = (
-            RedisPolicySync(config.redis.url, policies.redis_key, policies.history)
+            RedisPolicySync(config.redis, policies.redis_key, policies.history)
             if config.redis else worker.policy_sync() if worker is not None else None)
         # The watcher looks at the files before the editor reads them: an edit in between is
         # a change it will see.
@@ -70,7 +70,7 @@ class Gateway:
         table = RouteTable({m.name: self.adapters[m.adapter] for m in config.models.values()},
                            list(self.adapters.values()))
         self.limiter = build_limiter(config.redis, lambda: policy.active.policy.limits,
-                                     self.metrics)
+                                     self.metrics, config.limits)
         self.mirror = Mirror(routing_metrics, policies.mirror_max_in_flight)
         store = self.adapters.get(config.management_adapter or "")
         authenticator = build_authenticator(config.auth)

@@ -29,8 +29,10 @@ from gateway.config import (
 from gateway.policy.loader import compile_policy, read_directory
 from gateway.policy.model import Policy
 from gateway.ports import PortInUse, claim_ports
+from gateway.ratelimit.limits_config import memory_notice
 from gateway.supervisor import Supervisor
 from gateway.telemetry.logs import configure_logging
+from gateway.tls.config import plaintext_warning
 from gateway.worker import WorkerLink, become_worker
 
 log = logging.getLogger("gateway")
@@ -79,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: invalid config: {exc}", file=sys.stderr)
         return 2
     problems = label_problems(config)
+    exposed = plaintext_warning(config.server.host, config.server.tls)
     if args.command == "check-config":
+        if exposed:
+            print(f"gateway: warning: {exposed}", file=sys.stderr)
+        if per_process := _per_process(config, policy):
+            print(f"gateway: warning: {per_process}", file=sys.stderr)
         for problem in problems:  # fail the rollout: `serve` would answer those labels 404
             print(f"gateway: invalid config: {problem}", file=sys.stderr)
         if problems:
@@ -98,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:  # the repository may catch up: serve, and say so once
         log.warning("config: %s; serving anyway: the label answers 404 until the "
                     "repository serves that version", problem)
+    if exposed:
+        log.warning("%s", exposed)
+    if per_process := _per_process(config, policy):
+        log.warning("config: %s", per_process)
     try:
         claimed = claim_ports(config.server)
     except PortInUse as exc:
@@ -109,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
             return Supervisor(config).run()
         _run(serve_forever(config))
     return 0
+
+
+def _per_process(config: GatewayConfig, policy: Policy) -> str | None:
+    """Limits never go silently unenforced: where they are only per process, say so."""
+    if not policy.limits:
+        return None
+    return memory_notice(config.limits, config.redis, config.server.workers)
 
 
 def _workers(value: str) -> int:
@@ -151,11 +169,12 @@ async def serve_forever(config: GatewayConfig, worker: WorkerLink | None = None)
                                     lambda reason: refused.labels(reason).inc())
     server = runner.server
     gateway.metrics.watch_connections(lambda: len(server.connections) if server else 0)
+    tls = "s" if config.server.tls is not None else ""
     for host, port in site.addresses():
-        log.info("listening on http://%s:%d", host, port)
+        log.info("listening on http%s://%s:%d", tls, host, port)
     grpc_server = gateway.grpc_server()
     grpc_port = await grpc_server.start()
-    log.info("listening on grpc://%s:%d", config.server.host, grpc_port)
+    log.info("listening on grpc%s://%s:%d", tls, config.server.host, grpc_port)
     # What start-up built lives as long as the process: out of the collector's sight, a full
     # collection no longer walks ~90 k objects (48-107 ms with the loop held) under load.
     gc.collect()

@@ -12,11 +12,14 @@ from typing import Any
 from adapters.kinds import KINDS
 from gateway.auth.config import AuthConfig, parse_auth_config
 from gateway.backend import BackendConfig
+from gateway.client_address import TrustedProxies
 from gateway.codecs.budget import DecodeBudget
 from gateway.model_config import BatchingConfig, ModelConfig, parse_batching
 from gateway.policy.config import PoliciesConfig, parse_policies_config
 from gateway.ratelimit.config import RedisConfig, parse_redis_config
+from gateway.ratelimit.limits_config import LimitsConfig, parse_limits_config
 from gateway.telemetry.config import TracingConfig, parse_tracing_config
+from gateway.tls.config import TlsConfig, parse_tls_config
 from gateway.tomlconfig import ConfigError, Source, Table, keys_of
 
 __all__ = ["ConfigError", "GatewayConfig", "GrpcServerConfig", "ServerConfig", "load_config"]
@@ -25,7 +28,7 @@ WORKERS_AUTO = "auto"  # [server] workers: one per core this process may run on
 MAX_WORKERS = 1024
 LOG_FORMATS = ("json", "text")
 ROOT_KEYS = ("server", "adapters", "models", "management", "auth", "redis", "policies",
-             "tracing")  # the tables of gateway.toml
+             "tracing", "limits")  # the tables of gateway.toml
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class ServerConfig:
     shutdown_timeout_s: float = 30.0
     decode: DecodeBudget = field(default_factory=DecodeBudget)
     grpc: GrpcServerConfig = GrpcServerConfig()
+    # Proxies whose `X-Forwarded-For` is believed (gateway/client_address.py): CIDR blocks.
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
+    tls: TlsConfig | None = None  # [server.tls]: HTTPS and gRPC over TLS (gateway/tls)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class GatewayConfig:
     redis: RedisConfig | None = None
     policies: PoliciesConfig = field(default_factory=PoliciesConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def models_of(self, adapter: str) -> dict[str, ModelConfig]:
         return {name: m for name, m in self.models.items() if m.adapter == adapter}
@@ -108,9 +115,10 @@ def load_config(path: Path) -> GatewayConfig:
     redis = parse_redis_config(root.table("redis"))
     policies = parse_policies_config(root.table("policies"), path.parent)
     tracing = parse_tracing_config(root.table("tracing"))
+    limits = parse_limits_config(root.table("limits"), redis is not None)
     root.finish()
     return GatewayConfig(path, server, MappingProxyType(adapters), MappingProxyType(models),
-                         manage or None, auth, redis, policies, tracing)
+                         manage or None, auth, redis, policies, tracing, limits=limits)
 
 
 def _server(t: Table) -> ServerConfig:
@@ -143,9 +151,18 @@ def _server(t: Table) -> ServerConfig:
         shutdown_timeout_s=t.number("shutdown_timeout_s", d.shutdown_timeout_s, minimum=0),
         decode=_decode(t.table("decode")),
         grpc=_grpc_server(t.table("grpc")),
+        trusted_proxies=_trusted_proxies(t),
+        tls=parse_tls_config(t.table("tls")),
     )
     t.finish()
     return config
+
+
+def _trusted_proxies(t: Table) -> TrustedProxies:
+    try:
+        return TrustedProxies.parse(t.texts("trusted_proxies"))
+    except ValueError as exc:
+        raise t.error("trusted_proxies", str(exc)) from None
 
 
 def _workers(t: Table, default: int) -> int:

@@ -104,7 +104,7 @@ class GatewayMetrics:
         self.connections_refused = Counter(
             "gateway_connections_refused", "HTTP connections or requests refused below the "
             "application, by reason: connection_limit, header_timeout, request_line_too_long, "
-            "headers_too_large, bad_request.", ["reason"], registry=self.registry)
+            "headers_too_large, bad_request, tls_handshake.", ["reason"], registry=self.registry)
         Gauge("gateway_workers", "Live worker processes of this gateway (gateway serve "
               "--workers).", registry=self.registry, multiprocess_mode="livesum").set(1)
         self._state = _StateCollector()

@@ -101,8 +101,9 @@ class Supervisor:
         started.cancel()
         if self._started.is_set():
             server = self._config.server
-            log.info("%d workers serving http://%s:%d and grpc://%s:%d", self._count,
-                     server.host, server.http_port, server.host, server.grpc_port)
+            tls = "s" if server.tls is not None else ""
+            log.info("%d workers serving http%s://%s:%d and grpc%s://%s:%d", self._count,
+                     tls, server.host, server.http_port, tls, server.host, server.grpc_port)
         await stop
         await self._stop_workers(slots)
         if self._failure:

@@ -73,7 +73,13 @@ class RequestContext:
     deadline: float  # time.monotonic() seconds
     #: The caller's `X-Request-Id` or one made for it (`gateway.telemetry.request_ids`).
     request_id: str = ""
+    #: The subject (RFC 4514) of the client certificate the door verified under mTLS
+    #: (`[server.tls] client_ca_file`); None otherwise. Set by every door (gateway.tls.subject).
+    tls_subject: str | None = None
     principal: Principal = field(default_factory=Principal)
+    #: The client's address: the peer's, or with `[server] trusted_proxies` the right-most
+    #: untrusted `X-Forwarded-For` hop (`gateway.client_address`); "" when unknown.
+    client_address: str = ""
     #: Set once `principal` is verified: doors authenticate before they read a body, and the
     #: pipeline does not do it twice.
     authenticated: bool = False

@@ -12,8 +12,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -30,24 +32,31 @@ def answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up, with a password
     except OSError:
         return False
 
 
 class RedisServer:
-    """One redis-server process; `kill` and `restart` keep the port so clients reconnect."""
+    """One redis-server process; `kill` and `restart` keep the port so clients reconnect.
+    `args` go first on its command line: a config file, `--sentinel`, cluster options."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, args: Sequence[str] = ()) -> None:
         self.port = port
+        self.args = tuple(args)
         self.url = f"redis://127.0.0.1:{port}/0"
         self._process: subprocess.Popen[bytes] | None = None
+        # Its working directory, where it reads and writes dump.rdb unless `args` say `--dir`
+        # (a replica's full sync writes one even with `--save ""`): never the checkout, where
+        # the next server started there would load another test's data.
+        self._directory = tempfile.mkdtemp(prefix=f"redis-{port}-")
+        weakref.finalize(self, shutil.rmtree, self._directory, True)
 
     def start(self, within: float = 10.0) -> None:
         self._process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+            [REDIS_SERVER, *self.args, "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=self._directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + within
         while not answers_ping(self.port):
             if self._process.poll() is not None:

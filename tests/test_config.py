@@ -116,8 +116,9 @@ ONNX = '[adapters.a]\nkind = "onnx"\nrepository = "m"\n'
 TYPO = "tpyo = 1\n"  # first in its table: the list must not depend on what was read before it
 #: Every table's accepted keys, as "known keys here" must list them (and the docs describe).
 KNOWN_KEYS = {
-    "": (TYPO + ONNX, "server adapters models management auth redis policies tracing"),
-    "server": ("[server]\n" + TYPO, "decode grpc"),  # + the keys docs/configuration.md lists
+    "": (TYPO + ONNX, "server adapters models management auth redis policies tracing limits"),
+    "server": ("[server]\n" + TYPO, "decode grpc tls"),  # + the keys docs/configuration.md lists
+    "server.tls": ("[server.tls]\n" + TYPO, "cert_file key_file client_ca_file"),
     "server.decode": ("[server.decode]\n" + TYPO, "max_tensor_elements max_request_elements "
                       "max_batch_rows max_dims max_bytes_elements"),
     "server.grpc": ("[server.grpc]\n" + TYPO, "max_concurrent_streams min_ping_interval_s "
@@ -147,7 +148,9 @@ KNOWN_KEYS = {
                           "public_key jwks_url jwks_ttl_s jwks_min_refresh_s"),
     "redis": ("[redis]\n" + TYPO + 'url = "redis://h"\n',
               "url url_env timeout_ms breaker_failures breaker_reset_s lease_max_share "
-              "lease_ttl_ms"),
+              "lease_ttl_ms tls_ca_file tls_cert_file tls_key_file mode nodes sentinels "
+              "service_name sentinel_password_env"),
+    "limits": ("[limits]\n" + TYPO, "store memory_max_keys"),
     "policies": ("[policies]\n" + TYPO,
                  "directory poll_interval_s history mirror_max_in_flight redis_key"),
     "tracing": ("[tracing]\n" + TYPO,

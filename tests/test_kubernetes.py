@@ -16,12 +16,15 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import trustme
 import yaml
 
 from gateway.auth.mint import mint_token
@@ -29,6 +32,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.rest.ops import OpsRoutes
 from tests.redis_server import redis_server  # noqa: F401 (a fixture)
 from tests.servers.gateway_process import GatewayProcess, gateway_process
+from tests.tls_support import client_context, serial_of, served_serial
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -46,6 +50,8 @@ EXTERNAL_SECRETS = {"dev": set(), "production": {"gateway-secrets", "gateway-tls
 #: Values that stand in for an external Secret's keys when the pod's config is checked.
 PLACEHOLDERS = {"jwt-secret": "a-placeholder-hs256-key-of-at-least-32-bytes",
                 "redis-url": "redis://redis.example.internal:6379/0"}
+#: The kubernetes.io/tls Secret the production pods serve with (`[server.tls]`).
+TLS_SECRET = "gateway-tls"
 #: Where deploy/gateway.Dockerfile puts the checkout's files in the image.
 IMAGE_PATHS = {"/app/models": ROOT / "models"}
 GATEWAY_LABELS = {"app.kubernetes.io/name": "inference-gateway",
@@ -96,6 +102,21 @@ def gateway_container(resources: list[Resource]) -> dict[str, Any]:
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return selector.items() <= labels.items()
+
+
+@functools.cache
+def cluster_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_secret() -> dict[str, str]:
+    """A kubernetes.io/tls Secret's keys as cert-manager writes them (a CA issuer: each call
+    a new certificate from the same CA), for the Service's name."""
+    ca = cluster_ca()
+    issued = ca.issue_cert("gateway.inference-gateway.svc", "localhost", "127.0.0.1")
+    return {"tls.crt": b"".join(p.bytes() for p in issued.cert_chain_pems).decode(),
+            "tls.key": issued.private_key_pem.bytes().decode(),
+            "ca.crt": ca.cert_pem.bytes().decode()}
 
 
 def secret_data(secret: Resource) -> dict[str, str]:
@@ -183,6 +204,10 @@ def lay_out(resources: list[Resource], overlay: str, root: Path, *, loopback: bo
             if name in rendered_secrets:
                 pod.volumes[path] = KubeletVolume(target)
                 pod.volumes[path].update(secret_data(rendered_secrets[name]))
+            elif name == TLS_SECRET:  # what cert-manager writes, made here by trustme
+                assert name in EXTERNAL_SECRETS[overlay], name
+                pod.volumes[path] = KubeletVolume(target)
+                pod.volumes[path].update(tls_secret())
             else:  # created outside kustomize; the pod starts without it only if optional
                 assert name in EXTERNAL_SECRETS[overlay] and volume["secret"]["optional"], name
                 target.mkdir(parents=True)
@@ -253,7 +278,7 @@ def test_the_validator_refuses_an_unknown_field(tmp_path: Path) -> None:
 #: accepts; a field outside them is a typo or needs adding here after checking the CRD.
 MONITOR_SPEC_FIELDS = {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels",
                        "podTargetLabels", "sampleLimit", "scrapeProtocols"}
-MONITOR_ENDPOINT_FIELDS = {"port", "path", "scheme", "interval", "scrapeTimeout",
+MONITOR_ENDPOINT_FIELDS = {"port", "path", "scheme", "tlsConfig", "interval", "scrapeTimeout",
                            "honorLabels", "metricRelabelings", "relabelings"}
 SCRAPE_PROTOCOLS = {"PrometheusProto", "OpenMetricsText0.0.1", "OpenMetricsText1.0.0",
                     "PrometheusText0.0.4", "PrometheusText1.0.0"}
@@ -281,6 +306,12 @@ def test_the_service_monitor_scrapes_the_gateway(tmp_path: Path,
     config = mounted_config("production", tmp_path, monkeypatch)
     assert container_ports[target] == config.server.http_port
     assert endpoint["path"] in {route.path for route in ops_routes()}
+    # the pods serve TLS: the scrape verifies it with the CA in the certificate's Secret
+    assert (endpoint["scheme"], config.server.tls is not None) == ("https", True)
+    ca = endpoint["tlsConfig"]["ca"]["secret"]
+    assert (ca["name"], ca["key"]) == (TLS_SECRET, "ca.crt")
+    assert endpoint["tlsConfig"]["serverName"] == (
+        f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc")
 
 
 # --- the pod's config ------------------------------------------------------------------------
@@ -315,12 +346,17 @@ def test_probes_and_ports_match_the_gateway(overlay: str, tmp_path: Path,
         "startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     assert {probe["path"] for probe in probes.values()} <= {r.path for r in ops_routes()}
     assert all(probe["port"] == "http" for probe in probes.values())
+    tls = config.server.tls is not None
+    assert {probe.get("scheme", "HTTP") for probe in probes.values()} == {
+        "HTTPS" if tls else "HTTP"}
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 30  # a slow node's start
     service = find(resources, "Service", "gateway")
     assert selects(service["spec"]["selector"], pod_template_labels(resources))
-    assert {(p["name"], p["targetPort"], p["appProtocol"]) for p in service["spec"]["ports"]} == {
-        ("http", "http", "http"), ("grpc", "grpc", "kubernetes.io/h2c")}
+    assert {(p["name"], p["targetPort"], p["appProtocol"]) for p in service["spec"]["ports"]} == (
+        {("http", "http", "https"), ("grpc", "grpc", "grpc")} if tls else
+        {("http", "http", "http"), ("grpc", "grpc", "kubernetes.io/h2c")})
+    assert tls == (overlay == "production")  # production serves TLS; dev stays plaintext
 
 
 def pod_template_labels(resources: list[Resource]) -> dict[str, str]:
@@ -507,4 +543,43 @@ def test_a_configmap_update_reloads_the_policy(redis_server: str, tmp_path: Path
             "..data", os.readlink(policies.target / "..data"), "default.toml"}
         assert not gateway.metric("gateway_policy_changes_total", origin="files",
                                   result="refused")
+    assert "Traceback" not in gateway.log_text()
+
+
+def test_the_production_pod_serves_tls_and_takes_a_renewed_certificate(
+        redis_server: str, tmp_path: Path) -> None:  # noqa: F811
+    """The production overlay's pod, its volumes as the kubelet writes them: both doors speak
+    TLS with the mounted Secret, the HTTPS probes answer, and cert-manager's renewal (the
+    Secret's `..data` swap) is served to new connections without a restart."""
+    resources = rendered("production")
+    pod = lay_out(resources, "production", tmp_path / "pod", loopback=True,
+                  secrets={"redis-url": redis_server})
+    secret = pod.volumes["/etc/gateway/tls"]
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text(secret.files()["ca.crt"])
+    https = client_context(ca_file, "http/1.1")
+    container = gateway_container(resources)
+    with gateway_process(pod.config, tmp_path / "gateway.log", env=pod.env,
+                         cwd=tmp_path) as gateway:
+        def probe(kind: str) -> int:
+            get = container[kind]["httpGet"]
+            url = f"{get['scheme'].lower()}://127.0.0.1:{gateway.http_port}{get['path']}"
+            try:
+                with urllib.request.urlopen(url, context=https, timeout=10) as reply:
+                    return int(reply.status)
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        gateway.wait_until("ready over HTTPS", lambda: probe("readinessProbe") == 200)
+        assert probe("startupProbe") == probe("livenessProbe") == 200
+        first = served_serial(gateway.http_port, https)
+        assert first == serial_of(secret.files()["tls.crt"].encode())
+        renewed = tls_secret()
+        secret.update(renewed)
+        gateway.wait_until("the renewed certificate served", lambda: served_serial(
+            gateway.http_port, https) == serial_of(renewed["tls.crt"].encode()), within=30)
+        grpc_context = client_context(ca_file, "h2")
+        gateway.wait_until("the renewed certificate served on gRPC", lambda: served_serial(
+            gateway.grpc_port, grpc_context) == serial_of(renewed["tls.crt"].encode()),
+            within=30)
     assert "Traceback" not in gateway.log_text()

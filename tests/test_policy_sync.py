@@ -17,6 +17,7 @@ from gateway.app import CLOSE_STEP_S
 from gateway.policy.loader import content_hash
 from gateway.policy.store import PolicyVersion
 from gateway.policy.sync import RedisPolicySync
+from gateway.ratelimit.config import RedisConfig
 from tests.policy_support import (
     AB_MODEL,
     add_ab_model,
@@ -119,7 +120,8 @@ def draft(text: str, origin: str = "files") -> PolicyVersion:
 
 async def test_publishing_numbers_once_per_content_and_never_below_the_floor(
         redis_server: str) -> None:  # noqa: F811
-    one, other = (RedisPolicySync(redis_server, "test", keep=2) for _ in range(2))
+    one, other = (RedisPolicySync(RedisConfig(redis_server), "test", keep=2)
+                  for _ in range(2))
     try:
         first = await one.publish(draft("# a"), floor=0)
         assert (first.number, first.origin) == (1, "files")

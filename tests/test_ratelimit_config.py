@@ -8,13 +8,14 @@ import pytest
 from redis.crc import key_slot
 
 from gateway.config import ConfigError, load_config
-from gateway.ratelimit import Unlimited
 from gateway.ratelimit.config import RedisConfig
 from gateway.ratelimit.factory import build_limiter
 from gateway.ratelimit.gcra_limiter import GcraLimiter
 from gateway.ratelimit.keys import bucket_key
+from gateway.ratelimit.limits_config import LimitsConfig
+from gateway.ratelimit.memory import MemoryBuckets
 from gateway.ratelimit.rules import LimitRule
-from gateway.types import Principal
+from gateway.types import Principal, RequestContext
 
 
 def load(tmp_path: Path, text: str) -> RedisConfig | None:
@@ -62,11 +63,15 @@ def test_invalid_redis_sections(tmp_path: Path, text: str, fragments: list[str])
         assert fragment in str(error.value)
 
 
-async def test_the_factory_picks_redis_only_when_configured() -> None:
-    assert isinstance(build_limiter(None, lambda: ()), Unlimited)
-    limiter = build_limiter(RedisConfig("redis://127.0.0.1:1/0"), lambda: ())
-    assert isinstance(limiter, GcraLimiter)
-    await limiter.close()
+async def test_the_factory_counts_in_memory_without_redis() -> None:
+    """Never unlimited: no Redis (or `store = "memory"`) counts in memory; Redis otherwise."""
+    redis = RedisConfig("redis://127.0.0.1:1/0")
+    for config, limits, memory in ((None, None, True), (redis, None, False),
+                                   (redis, LimitsConfig(store="memory"), True)):
+        limiter = build_limiter(config, lambda: (), limits=limits)
+        assert isinstance(limiter, GcraLimiter)
+        assert isinstance(limiter._runner, MemoryBuckets) is memory
+        await limiter.close()
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -92,23 +97,27 @@ def test_rule_arithmetic() -> None:
     assert LimitRule("r", ("*",), rate=10**9).emission_interval_us() == 1
 
 
+def of(principal: Principal) -> RequestContext:
+    return RequestContext(frontend="test", headers={}, deadline=0.0, principal=principal)
+
+
 def test_keys_count_by_the_rules_claim_and_share_a_hash_tag() -> None:
     alice = Principal("alice", {"tenant": "acme"})
     bob = Principal("bob", {"tenant": "acme"})
     per_user = LimitRule("user", ("*",))
     per_tenant = LimitRule("tenant", ("*",), key="tenant")
-    assert bucket_key(per_user, alice, "demo") == "rl:{demo}:user:sub=alice"
-    assert bucket_key(per_tenant, alice, "demo") == bucket_key(per_tenant, bob, "demo")
-    assert bucket_key(per_tenant, Principal("carol"), "demo") == "rl:{demo}:tenant:tenant="
+    assert bucket_key(per_user, of(alice), "demo") == "rl:{demo}:user:sub=alice"
+    assert bucket_key(per_tenant, of(alice), "demo") == bucket_key(per_tenant, of(bob), "demo")
+    assert bucket_key(per_tenant, of(Principal("carol")), "demo") == "rl:{demo}:tenant:tenant="
     # Every key a request touches must live in one Cluster slot: one script call reads them all.
-    keys = [bucket_key(rule, alice, "demo") for rule in (per_user, per_tenant)]
+    keys = [bucket_key(rule, of(alice), "demo") for rule in (per_user, per_tenant)]
     assert len({key_slot(key.encode()) for key in keys}) == 1
 
 
 def test_keys_cannot_be_forged_by_claim_values() -> None:
     rule = LimitRule("user", ("*",))
-    forged = bucket_key(rule, Principal("x}:{other"), "demo")
+    forged = bucket_key(rule, of(Principal("x}:{other")), "demo")
     assert forged == "rl:{demo}:user:sub=x%7D%3A%7Bother"
-    assert bucket_key(LimitRule("a:b", ("*",)), Principal("c"), "m") != bucket_key(
-        LimitRule("a", ("*",)), Principal("b:c"), "m")
-    assert bucket_key(rule, Principal("a"), "m}x") == "rl:{m%7Dx}:user:sub=a"
+    assert bucket_key(LimitRule("a:b", ("*",)), of(Principal("c")), "m") != bucket_key(
+        LimitRule("a", ("*",)), of(Principal("b:c")), "m")
+    assert bucket_key(rule, of(Principal("a")), "m}x") == "rl:{m%7Dx}:user:sub=a"

@@ -19,6 +19,7 @@ from gateway.ratelimit.factory import build_limiter
 from gateway.ratelimit.gcra import SHA
 from gateway.ratelimit.rules import LimitRule
 from gateway.types import InferRequest, ModelRef, Principal, RequestContext
+from tests.ratelimit_headers import remaining, service_limit
 from tests.redis_server import RedisServer, redis_process  # noqa: F401 (a fixture)
 from tests.waiting import wait_until
 
@@ -85,7 +86,7 @@ async def test_exactly_the_burst_passes_under_concurrency(make_limiter: MakeLimi
     assert len(allowed) == 50
     assert all(isinstance(e, RateLimited) for e in errors if e is not None)
     # Each check saw the bucket exactly as the previous one left it.
-    assert sorted(int(r.context.reply_headers["RateLimit-Remaining"]) for r in allowed) == list(
+    assert sorted(remaining(r.context.reply_headers) for r in allowed) == list(
         range(50))
     # The 200 checks of one tick went out as one pipeline on one connection.
     assert (await redis.info("stats"))["total_connections_received"] - connections == 1
@@ -98,17 +99,18 @@ async def test_headers_count_down_and_retry_after_follows_the_rule(
     started = time.monotonic()
     first, second, third = infer_request(), infer_request(), infer_request()
     assert await attempt(limiter, first) is None
-    assert first.context.reply_headers == {
-        "RateLimit-Limit": "2", "RateLimit-Remaining": "1", "RateLimit-Reset": "10"}
+    assert first.context.reply_headers == {  # a burst of 2 takes 20 s to come back
+        "RateLimit-Policy": '"r";q=2;w=20', "RateLimit": '"r";r=1;t=10'}
     assert await attempt(limiter, second) is None
-    assert second.context.reply_headers["RateLimit-Remaining"] == "0"
+    assert remaining(second.context.reply_headers) == 0
     error = await attempt(limiter, third)
     elapsed = time.monotonic() - started
     assert isinstance(error, RateLimited) and error.retry_after_s is not None
     # The next unit frees up one emission interval (10 s) after the first request.
     assert 10 - elapsed - 1e-5 <= error.retry_after_s <= 10
-    assert error.reply_headers() == {"RateLimit-Limit": "2", "RateLimit-Remaining": "0",
-                                     "RateLimit-Reset": "20", "Retry-After": "10"}
+    # Refused: `t` is the wait for this request, as Retry-After says.
+    assert error.reply_headers() == {"RateLimit-Policy": '"r";q=2;w=20',
+                                     "RateLimit": '"r";r=0;t=10', "Retry-After": "10"}
     assert third.context.reply_headers == error.headers
     assert "'r'" in error.message
 
@@ -150,7 +152,7 @@ async def test_cost_by_rows(make_limiter: MakeLimiter, redis: Redis) -> None:
     limiter = make_limiter(rows_rule)
     request = infer_request()
     assert await attempt(limiter, request, rows=64) is None
-    assert request.context.reply_headers["RateLimit-Remaining"] == "36"
+    assert remaining(request.context.reply_headers) == 36
     error = await attempt(limiter, infer_request(), rows=64)
     assert isinstance(error, RateLimited) and error.retry_after_s is not None
     assert error.retry_after_s == pytest.approx(28 * 36, abs=1)  # 28 rows short, 36 s per row
@@ -171,8 +173,9 @@ async def test_every_rule_must_allow_and_only_then_charges(make_limiter: MakeLim
     first = infer_request(subject="alice", tenant="acme")
     assert await attempt(limiter, first) is None
     # The headers describe the rule closest to refusing.
-    assert first.context.reply_headers["RateLimit-Limit"] == "3"
-    assert first.context.reply_headers["RateLimit-Remaining"] == "2"
+    assert service_limit(first.context.reply_headers)[:2] == ("user", 2)
+    assert first.context.reply_headers["RateLimit-Policy"] == (
+        '"user";q=3;w=10800, "tenant";q=5;w=18000')
     for _ in range(2):
         assert await attempt(limiter, infer_request(subject="alice", tenant="acme")) is None
     error = await attempt(limiter, infer_request(subject="alice", tenant="acme"))
@@ -182,7 +185,7 @@ async def test_every_rule_must_allow_and_only_then_charges(make_limiter: MakeLim
         assert await attempt(limiter, infer_request(subject="bob", tenant="acme")) is None
     error = await attempt(limiter, infer_request(subject="bob", tenant="acme"))
     assert isinstance(error, RateLimited) and "'tenant'" in error.message
-    assert error.headers["RateLimit-Limit"] == "5"
+    assert service_limit(error.headers)[0] == "tenant"
     assert await attempt(limiter, infer_request(subject="carol", tenant="other")) is None
     keys = set(await redis.keys("*"))
     assert keys == {"rl:{demo}:user:sub=alice", "rl:{demo}:user:sub=bob",
@@ -226,15 +229,15 @@ async def _absent(redis: Redis, key: str) -> bool:
 async def test_the_script_is_reloaded_after_script_flush(make_limiter: MakeLimiter,
                                                          redis: Redis) -> None:
     limiter = make_limiter(slow_rule("r", ("*",), burst=5))
-    remaining = []
+    left = []
     for flush in (False, True, False):
         if flush:
             await redis.script_flush()
             assert await redis.script_exists(SHA) == [False]
         request = infer_request()
         assert await attempt(limiter, request) is None
-        remaining.append(request.context.reply_headers["RateLimit-Remaining"])
-    assert remaining == ["4", "3", "2"]  # the buckets survived; only the script was lost
+        left.append(remaining(request.context.reply_headers))
+    assert left == [4, 3, 2]  # the buckets survived; only the script was lost
     assert await redis.script_exists(SHA) == [True]
     stats = await redis.info("commandstats")
     assert stats["cmdstat_eval"]["calls"] == 2  # once at first use, once after the flush

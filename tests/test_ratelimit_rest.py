@@ -1,6 +1,6 @@
-"""The limiter behind the REST front door, limits from a policy file: `RateLimit-*` on every
-reply, 429 with `Retry-After`, 503 when Redis is gone and the rule fails closed. The rows of a
-v2 batch are its cost."""
+"""The limiter behind the REST front door, limits from a policy file: `RateLimit-Policy` and
+`RateLimit` on every reply, 429 with `Retry-After`, 503 when Redis is gone and the rule fails
+closed. The rows of a v2 batch are its cost."""
 
 from __future__ import annotations
 
@@ -47,16 +47,17 @@ async def test_limits_show_in_replies_and_refusals(
             """))
     reply = await client.post("/v2/models/demo/infer", json=body(2))
     assert reply.status == 200, await reply.text()
-    assert (reply.headers["RateLimit-Limit"], reply.headers["RateLimit-Remaining"],
-            reply.headers["RateLimit-Reset"]) == ("3", "1", "2400")
+    assert (reply.headers["RateLimit-Policy"], reply.headers["RateLimit"]) == (
+        '"demo-rows";q=3;w=3600;gateway-unit="rows"', '"demo-rows";r=1;t=2400')
     reply = await client.post("/v2/models/demo/infer", json=body(2))
     assert reply.status == 429
     assert "rate limit 'demo-rows' exceeded" in (await reply.json())["error"]
-    assert (reply.headers["Retry-After"], reply.headers["RateLimit-Remaining"]) == ("1200", "1")
+    assert (reply.headers["Retry-After"], reply.headers["RateLimit"]) == (
+        "1200", '"demo-rows";r=1;t=1200')
     reply = await client.post("/v2/models/demo/infer", json=body(1))
-    assert reply.status == 200 and reply.headers["RateLimit-Remaining"] == "0"
+    assert reply.status == 200 and reply.headers["RateLimit"].startswith('"demo-rows";r=0;')
     redis_process.kill()
     reply = await client.post("/v2/models/demo/infer", json=body(1))
     assert reply.status == 503 and reply.headers["Retry-After"] == "1"
     assert "fails closed" in (await reply.json())["error"]
-    assert "RateLimit-Remaining" not in reply.headers  # nothing is known about the bucket
+    assert "RateLimit" not in reply.headers  # nothing is known about the bucket

@@ -19,6 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry.trace import Tracer
 
 from gateway.admission import InflightLimits
+from gateway.auth import ANONYMOUS
 from gateway.codecs.budget import DecodeBudget
 from gateway.config import ServerConfig
 from gateway.drain import CUT_SHORT, Drain
@@ -26,6 +27,7 @@ from gateway.errors import GatewayError, ShuttingDown, log_level
 from gateway.grpc.tracing import peer_attributes
 from gateway.telemetry import request_ids, spans
 from gateway.telemetry.requests import RequestRecorder
+from gateway.tls.subject import grpc_peer_subject
 from gateway.types import Principal, RequestContext
 
 T = TypeVar("T")
@@ -86,6 +88,7 @@ class GrpcCalls:
                  tracer: Tracer | None, inflight: InflightLimits,
                  drain: Drain | None = None) -> None:
         self._timeout_s = config.request_timeout_ms / 1000.0
+        self._proxies = config.trusted_proxies
         self._drain = drain or Drain()
         self._inflight = inflight
         self._recorder = recorder
@@ -98,21 +101,28 @@ class GrpcCalls:
         return self._budget
 
     def context_of(self, context: grpc.aio.ServicerContext, frontend: str) -> RequestContext:
-        return self.context_from(context.invocation_metadata(), context.time_remaining(),
-                                 frontend)
+        call = self.context_from(context.invocation_metadata(), context.time_remaining(),
+                                 frontend, grpc_peer_subject(context))
+        call.client_address = self._proxies.client(peer_address(context.peer()), call.headers)
+        return call
 
     def context_from(self, metadata: Iterable[tuple[str, str | bytes]] | None,
-                     remaining: float | None, frontend: str) -> RequestContext:
+                     remaining: float | None, frontend: str,
+                     tls_subject: str | None = None) -> RequestContext:
         """The client's deadline becomes the request's (never beyond the configured one); the
-        request id is the one `Authentication` took, else the caller's `x-request-id`."""
+        request id is the one `Authentication` took, else the caller's `x-request-id`.
+        `Authentication` cannot see the connection's client certificate: a call it let in as
+        anonymous that has one is authenticated again, by the pipeline, knowing it."""
         timeout = self._timeout_s if remaining is None else min(self._timeout_s, remaining)
         headers = headers_of(metadata)
         facts = _FACTS.get()
         call = RequestContext(
             frontend=frontend, headers=headers, deadline=time.monotonic() + timeout,
             request_id=facts.request_id if facts is not None
-            else request_ids.accept(headers.get(request_ids.METADATA_KEY)))
-        if facts is not None and facts.principal is not None:
+            else request_ids.accept(headers.get(request_ids.METADATA_KEY)),
+            tls_subject=tls_subject)
+        if facts is not None and facts.principal is not None and not (
+                tls_subject is not None and facts.principal is ANONYMOUS):
             call.principal, call.authenticated = facts.principal, True
         return call
 
@@ -205,6 +215,9 @@ class GrpcCalls:
 def peer_address(peer: str) -> str:
     """gRPC's peer ("ipv4:10.0.0.7:51234") as the client's address, as REST's access line has
     it ("10.0.0.7": no port); a kind it cannot read, as it is."""
+    kind, _, address = peer.partition(":")
+    if kind == "ipv4":  # every call reads it (the client_address limit key): kept cheap
+        return address.rpartition(":")[0] or peer
     return str(peer_attributes(peer).get("network.peer.address", peer))
 
 

@@ -3,9 +3,10 @@ service, whose status follows the gateway's readiness. Every call of a dialect b
 server-level ones is authenticated from its metadata before its message is read
 (`gateway.grpc.authentication`); the listener's HTTP/2 limits come from `[server]` and
 `[server.grpc]` (message size, streams per connection, ping enforcement, connection idle and
-age). With tracing on, `gateway.grpc.tracing` makes each call's server span (semantic-convention
-`rpc.*` attributes, the caller's `traceparent` continued), refused calls included; health
-checks and reflection are left out."""
+age); with `[server.tls]` it serves TLS or mTLS (`gateway.tls`). With tracing on,
+`gateway.grpc.tracing` makes each call's server span (semantic-convention `rpc.*` attributes,
+the caller's `traceparent` continued), refused calls included; health checks and reflection
+are left out."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from gateway.pipeline import Pipeline
 from gateway.rest.v2 import Readiness
 from gateway.telemetry.requests import RequestRecorder
 from gateway.telemetry.setup import Tracing
+from gateway.tls.listeners import grpc_credentials
 from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from protos.tensorflow_serving.apis import (
     model_service_pb2,
@@ -124,8 +126,9 @@ class GrpcServer:
         self.port = 0
 
     async def start(self) -> int:
-        self.port = self._server.add_insecure_port(
-            f"{self._config.host}:{self._config.grpc_port}")
+        address, tls = f"{self._config.host}:{self._config.grpc_port}", self._config.tls
+        self.port = (self._server.add_insecure_port(address) if tls is None
+                     else self._server.add_secure_port(address, grpc_credentials(tls)))
         await self._server.start()
         await self._update_health()
         self._watcher = asyncio.get_running_loop().create_task(self._watch_readiness())

@@ -26,6 +26,7 @@ ROUTE_KEYS = ("name", "model", "headers", "claims", "target", "variants", "stick
 TARGET_KEYS = ("adapter", "model", "version", "label", "variant")
 VARIANT_KEYS = (*TARGET_KEYS, "weight")
 MIRROR_KEYS = (*TARGET_KEYS, "percent", "tolerance", "timeout_ms")
+LIMIT_DERIVED = ("by", "sf_name", "policy_item")  # LimitRule fields made from the others
 
 
 def policy_files(directory: Path) -> list[Path]:
@@ -197,7 +198,7 @@ def _request_key(t: Table, key: str) -> RequestKey | None:
 
 
 def _limit(t: Table) -> LimitRule:
-    t.expect(keys_of(LimitRule))
+    t.expect(keys_of(LimitRule, without=LIMIT_DERIVED))
     d = LimitRule(name="defaults", models=("*",))
     name = _nonempty(t, "name")
     models = t.texts("models")

@@ -11,6 +11,11 @@ Keys (the `{prefix}` hash tag keeps them in one Redis Cluster slot):
 Publishing is one script, so it is atomic: a policy whose content is already active is not
 numbered again. Two replicas that watch the same files and see the same edit therefore agree
 on one version instead of each announcing its own and flapping between them.
+
+On Redis Cluster the script runs on the node of the `{prefix}` slot, and its PUBLISH reaches
+subscribers on every node (classic pub/sub is broadcast over the cluster bus). With Sentinel
+every new connection asks where the master is. Either way a lost subscription is taken again
+and `on_connect` catches up on what was announced meanwhile.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import asyncio
 import logging
 from dataclasses import replace
 
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from gateway.errors import Unavailable
@@ -30,6 +35,8 @@ from gateway.policy.store import (
     version_from_record,
     version_record,
 )
+from gateway.ratelimit.config import RedisConfig
+from gateway.ratelimit.connect import connect
 
 log = logging.getLogger(__name__)
 RECONNECT_S = 1.0
@@ -61,9 +68,9 @@ return {version, 1}
 class RedisPolicySync:
     origin = "redis"
 
-    def __init__(self, url: str, prefix: str, keep: int) -> None:
-        self._client = Redis.from_url(url, decode_responses=True, socket_timeout=TIMEOUT_S,
-                                      socket_connect_timeout=TIMEOUT_S)
+    def __init__(self, config: RedisConfig, prefix: str, keep: int) -> None:
+        # redis-py's default retries: publishing the same content twice numbers it once
+        self._client = connect(config, TIMEOUT_S, decode_responses=True)
         self._keys = [f"{{{prefix}}}:counter", f"{{{prefix}}}:active", f"{{{prefix}}}:versions"]
         self._channel = prefix
         self._keep = keep
@@ -108,8 +115,13 @@ class RedisPolicySync:
         await self._client.aclose()
 
     async def _listen(self, on_connect: OnVersions, on_version: OnVersion) -> None:
+        lost = False
         while True:
             try:
+                if lost and isinstance(self._client, RedisCluster):
+                    # The subscription's node may have died, and a cluster client picks the
+                    # node for a new one from the slots it knows: ask which serve them now.
+                    await self._client.nodes_manager.initialize()
                 async with self._client.pubsub() as pubsub:
                     await pubsub.subscribe(self._channel)
                     await on_connect(await self.versions())
@@ -124,6 +136,7 @@ class RedisPolicySync:
             except Exception:
                 log.exception("policies: following Redis failed; reconnecting in %.0f s",
                               RECONNECT_S)
+            lost = True
             await asyncio.sleep(RECONNECT_S)
 
     async def _fetch(self, number: int) -> PolicyVersion | None:

@@ -1,5 +1,7 @@
-"""Pipeline step 3, rate limiting: may this call proceed now. `GcraLimiter` (Redis) when
-`[redis]` is configured, else `Unlimited`; `factory.build_limiter` picks."""
+"""Pipeline step 3, rate limiting: may this call proceed now. `GcraLimiter`, its buckets in
+Redis when `[redis]` is configured, else in this process's memory (never off: see
+`limits_config`); `factory.build_limiter` builds it. `Unlimited` is for pipelines built
+without limits (tests, tools)."""
 
 from __future__ import annotations
 

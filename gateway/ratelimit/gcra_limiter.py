@@ -1,15 +1,15 @@
-"""The Redis rate limiter: every rule that applies to a request, checked in one script call, or
-served from this process's leases (`leases.py`) when it holds enough for every rule.
+"""The GCRA rate limiter: every rule that applies to a request, checked in one script call, or
+served from this process's leases (`leases.py`) when it holds enough for every rule. The
+script runs in Redis, or with no Redis in this process's memory (`memory.py`).
 
 A request passes only if every applicable rule allows it, and then it is charged to all of
-them; if one refuses, none is charged. Replies carry the IETF draft `RateLimit-*` headers of
-the rule closest to refusing (or of the rule that refused, with `Retry-After`).
+them; if one refuses, none is charged. Replies carry the IETF draft's `RateLimit-Policy` and
+`RateLimit` fields (`headers.py`), with `Retry-After` on a refusal.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -19,8 +19,10 @@ from prometheus_client import Counter
 from gateway.errors import RateLimited, Unavailable
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit.gcra import Bucket, BucketState, parse_reply, script_args
+from gateway.ratelimit.headers import rate_limit_headers
 from gateway.ratelimit.keys import bucket_key
 from gateway.ratelimit.leases import Lease, LeaseBook
+from gateway.ratelimit.memory import MemoryBuckets
 from gateway.ratelimit.rules import LimitRule
 from gateway.ratelimit.script_runner import ScriptError, ScriptRunner
 from gateway.telemetry import spans
@@ -28,8 +30,9 @@ from gateway.types import InferRequest
 
 
 class GcraLimiter:
-    def __init__(self, runner: ScriptRunner, rules: Callable[[], Sequence[LimitRule]],
-                 metrics: GatewayMetrics, leases: LeaseBook | None = None) -> None:
+    def __init__(self, runner: ScriptRunner | MemoryBuckets,
+                 rules: Callable[[], Sequence[LimitRule]], metrics: GatewayMetrics,
+                 leases: LeaseBook | None = None) -> None:
         self._runner = runner
         self._rules = rules  # called per check, so a policy reload applies to the next request
         self._decisions = metrics.ratelimit_decisions
@@ -49,15 +52,15 @@ class GcraLimiter:
                                   f"limit {rule.name!r} allows at once ({rule.burst})")
         if self._leases is not None:
             now = time.monotonic()
-            principal = request.context.principal
-            leases = [self._leases.observe(rule, principal, model, n, now)
+            context = request.context
+            leases = [self._leases.observe(rule, context, model, n, now)
                       for rule, n in zip(rules, units, strict=True)]
             if not self._served_here(request, rules, leases, units, now):
                 await self._check_leased(self._leases, request, rules, leases, units)
             return
-        principal = request.context.principal
-        buckets = [Bucket(bucket_key(rule, principal, model), n, rule.emission_interval_us(),
-                          rule.burst) for rule, n in zip(rules, units, strict=True)]
+        buckets = [Bucket(bucket_key(rule, request.context, model), n,
+                          rule.emission_interval_us(), rule.burst)
+                   for rule, n in zip(rules, units, strict=True)]
         try:
             with spans.step("ratelimit", self._runner.span_attributes, kind=SpanKind.CLIENT):
                 reply = await self._runner.call(*script_args(buckets))
@@ -84,8 +87,8 @@ class GcraLimiter:
             self._count(other.name, "allowed")
             if lease.remaining + lease.tokens < closest.remaining + closest.tokens:
                 closest, rule = lease, other
-        request.context.reply_headers.update(_headers(
-            rule.burst, min(rule.burst, closest.remaining + closest.tokens),
+        request.context.reply_headers.update(rate_limit_headers(
+            rules, rule, min(rule.burst, closest.remaining + closest.tokens),
             closest.reset_at - now))
         return True
 
@@ -154,7 +157,7 @@ class GcraLimiter:
             for _, rule in refused:
                 self._count(rule.name, "limited")
             state, rule = max(refused, key=lambda pair: pair[0].retry_us)
-            headers = rate_limit_headers(rule, state)
+            headers = rate_limit_headers(rules, rule, state.remaining, state.retry_us / 1e6)
             request.context.reply_headers.update(headers)
             raise RateLimited(f"rate limit {rule.name!r} exceeded",
                               retry_after_s=state.retry_us / 1e6, headers=headers)
@@ -162,7 +165,8 @@ class GcraLimiter:
             self._count(rule.name, "allowed")
         state, rule = (states[0], rules[0]) if len(rules) == 1 else min(
             zip(states, rules, strict=True), key=lambda pair: pair[0].remaining)
-        request.context.reply_headers.update(rate_limit_headers(rule, state))
+        request.context.reply_headers.update(rate_limit_headers(rules, rule, state.remaining,
+                                                                state.reset_us / 1e6))
 
     def _fail(self, rules: list[LimitRule], error: ScriptError) -> None:
         """Redis could not decide: each rule's `on_redis_error` says whether that is a yes."""
@@ -188,14 +192,3 @@ def _spend(pairs: Iterable[tuple[Lease, int]]) -> None:
 def _refund(reserved: Iterable[tuple[Lease, int]]) -> None:
     for lease, units in reserved:
         lease.tokens += units
-
-
-def rate_limit_headers(rule: LimitRule, state: BucketState) -> dict[str, str]:
-    """IETF httpapi-ratelimit-headers: the burst, what is left of it, seconds until it is
-    whole again."""
-    return _headers(rule.burst, state.remaining, state.reset_us / 1e6)
-
-
-def _headers(burst: int, remaining: int, reset_s: float) -> dict[str, str]:
-    return {"RateLimit-Limit": str(burst), "RateLimit-Remaining": str(remaining),
-            "RateLimit-Reset": str(max(0, math.ceil(reset_s)))}

@@ -32,7 +32,7 @@ from gateway.ratelimit.gcra import Bucket, BucketState, parse_reply, script_args
 from gateway.ratelimit.keys import bucket_key
 from gateway.ratelimit.rules import LimitRule
 from gateway.ratelimit.script_runner import ScriptRunner
-from gateway.types import Principal
+from gateway.types import RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -91,19 +91,19 @@ class LeaseBook:
         self._ttl_s = ttl_s
         self._horizon_s = ttl_s / 2  # demand is counted over this: the block lasts about this
         self._units = units  # gateway_ratelimit_lease_units_total{rule, event}
-        # By what names the bucket: rule, claim, claim value, model (its key is in the lease,
+        # By what names the bucket: rule, its key, the key's value, model (its key is in the lease,
         # made once, not per request).
         self._leases: dict[tuple[str, str, str, str], Lease] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
-    def observe(self, rule: LimitRule, principal: Principal, model: str, units: int,
+    def observe(self, rule: LimitRule, context: RequestContext, model: str, units: int,
                 now: float) -> Lease:
         """The lease of the bucket `rule` counts this request in, with the request counted in
         its demand."""
-        name = (rule.name, rule.key, rule.principal_value(principal), model)
+        name = (rule.name, rule.key, rule.key_value(context), model)
         lease = self._leases.get(name)
         if lease is None:
-            lease = self._leases[name] = Lease(bucket_key(rule, principal, model), now)
+            lease = self._leases[name] = Lease(bucket_key(rule, context, model), now)
             if self._sweeper is None:
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         lease.level = lease.level * math.exp((lease.seen - now) / self._horizon_s) + units

@@ -5,7 +5,13 @@ Calls leave as one pipeline of EVALSHAs: one write, one read, one connection, ho
 requests arrived together. As in the dynamic batcher, a pipeline leaves at once when none is
 under way, and calls that arrive while one is under way leave together the moment it returns,
 so under load each round trip carries many checks and the per-check cost falls. Each EVALSHA
-stays atomic on its own; the pipeline is not a transaction and need not be.
+stays atomic on its own; the pipeline is not a transaction and need not be. The time bound
+runs from when the oldest call of a pipeline was submitted, so waiting for the pipeline ahead
+counts too: no caller waits longer than `timeout_s` for its answer.
+
+On Redis Cluster redis-py splits the pipeline by node (a call's keys share one slot), follows
+MOVED and ASK one call at a time, and a node without the script (a promoted replica, say) gets
+it by the EVAL fallback; `ClusterLayout` keeps what the client knows of the cluster current.
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.util.types import AttributeValue
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import NoScriptError
 
 from gateway.breaker import CircuitBreaker
+from gateway.ratelimit.cluster_layout import ClusterLayout
+from gateway.ratelimit.connect import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +48,26 @@ class _Call:
     keys: Sequence[str]
     args: Sequence[int | str]
     future: asyncio.Future[Any]
+    submitted: float  # loop time
 
 
-def span_attributes(client: Redis, sha: str) -> dict[str, AttributeValue]:
-    """The database index is the one the client connects with (the runner never SELECTs)."""
-    target = client.connection_pool.connection_kwargs
+def span_attributes(client: RedisClient, sha: str) -> dict[str, AttributeValue]:
+    """The database index is the one the client connects with (the runner never SELECTs).
+    The server is the one configured: a cluster's first node, a sentinel-managed master's name
+    (calls go to whichever node or master holds the keys at the time)."""
     attributes: dict[str, AttributeValue] = {
         "db.system.name": "redis", "db.operation.name": "EVALSHA",
-        "db.stored_procedure.name": sha, "db.namespace": str(target.get("db", 0))}
-    if "path" in target:  # a Unix socket
+        "db.stored_procedure.name": sha}
+    if isinstance(client, RedisCluster):
+        node = next(iter(client.nodes_manager.startup_nodes.values()))
+        attributes.update({"db.namespace": "0", "server.address": node.host,
+                           "server.port": int(node.port)})
+        return attributes
+    target = client.connection_pool.connection_kwargs
+    attributes["db.namespace"] = str(target.get("db", 0))
+    if isinstance(client.connection_pool, SentinelConnectionPool):
+        attributes["server.address"] = client.connection_pool.service_name
+    elif "path" in target:  # a Unix socket
         attributes["server.address"] = str(target["path"])
     else:
         attributes["server.address"] = str(target.get("host", "localhost"))
@@ -56,7 +76,7 @@ def span_attributes(client: Redis, sha: str) -> dict[str, AttributeValue]:
 
 
 class ScriptRunner:
-    def __init__(self, client: Redis, script: str, sha: str, timeout_s: float,
+    def __init__(self, client: RedisClient, script: str, sha: str, timeout_s: float,
                  breaker: CircuitBreaker) -> None:
         self._client = client
         self._script = script
@@ -67,6 +87,7 @@ class ScriptRunner:
         self._breaker = breaker
         self._pending: list[_Call] = []
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._layout = ClusterLayout(client) if isinstance(client, RedisCluster) else None
 
     async def call(self, keys: Sequence[str], args: Sequence[int | str]) -> Any:
         """The script's reply; raises `ScriptError` if there is none."""
@@ -82,7 +103,7 @@ class ScriptRunner:
             future.set_exception(
                 ScriptError(f"circuit {self._breaker.name} is open", self._retry_after_s()))
             return future
-        self._pending.append(_Call(keys, args, future))
+        self._pending.append(_Call(keys, args, future, loop.time()))
         if len(self._pending) == 1 and not self._in_flight:
             loop.call_soon(self._flush)
         return future
@@ -90,6 +111,8 @@ class ScriptRunner:
     async def close(self) -> None:
         """Let the round trips under way finish (their callers are waiting), then disconnect."""
         await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._layout is not None:
+            await self._layout.close()
         await self._client.aclose()
 
     def _flush(self) -> None:
@@ -105,16 +128,24 @@ class ScriptRunner:
         self._flush()  # whatever queued meanwhile leaves now, as one pipeline
 
     async def _run(self, batch: list[_Call]) -> None:
+        first_read = self._layout is not None and not self._layout.known_once
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout_at(batch[0].submitted + self._timeout_s):
+                if self._layout is not None:
+                    await self._layout.known()
+                    first_read = False
                 replies = await self._execute(batch)
         except Exception as exc:  # whatever went wrong, every caller must get an answer
-            self._breaker.record_failure(exc)
+            if not (first_read and isinstance(exc, TimeoutError)):
+                # (a cluster's first layout read outlasting a call is not Redis failing)
+                self._breaker.record_failure(exc)
             reason = (f"Redis did not answer within {self._timeout_s * 1000:.0f} ms"
                       if isinstance(exc, TimeoutError) else f"Redis failed: {exc!r}")
             log.warning("%s (%d calls)", reason, len(batch))
             for call in batch:
                 self._fail(call, reason)
+            if self._layout is not None:
+                self._layout.forget()
             return
         self._breaker.record_success()
         for call, reply in zip(batch, replies, strict=True):
@@ -139,12 +170,12 @@ class ScriptRunner:
         return replies
 
     async def _pipeline(self, batch: list[_Call], *, by_sha: bool) -> list[Any]:
+        # Raw commands: a cluster pipeline refuses the evalsha() method (it cannot tell a
+        # call without keys where to go), yet routes EVALSHA by its keys like any command.
+        command, body = ("EVALSHA", self._sha) if by_sha else ("EVAL", self._script)
         async with self._client.pipeline(transaction=False) as pipe:
             for call in batch:
-                if by_sha:
-                    pipe.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
-                else:
-                    pipe.eval(self._script, len(call.keys), *call.keys, *call.args)
+                pipe.execute_command(command, body, len(call.keys), *call.keys, *call.args)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 

@@ -19,6 +19,7 @@ from gateway.errors import BadRequest
 from gateway.pipeline import Pipeline
 from gateway.rest.body import read_limited
 from gateway.telemetry import request_ids
+from gateway.tls.subject import http_peer_subject
 from gateway.types import RequestContext
 
 #: JSON bodies past this size are parsed and decoded in a worker thread: at ~100 ns a number,
@@ -72,7 +73,10 @@ def context_of(request: web.Request, frontend: str, model: str | None = None) ->
         request[MODEL_KEY] = model
     context = RequestContext(frontend=frontend, headers=request.headers,
                              deadline=time.monotonic() + timeout_ms / 1000.0,
-                             request_id=request_id_of(request))
+                             request_id=request_id_of(request),
+                             tls_subject=http_peer_subject(request.transport),
+                             client_address=config.trusted_proxies.client(
+                                 request.remote or "", request.headers))
     request[CONTEXT_KEY] = context
     return context
 

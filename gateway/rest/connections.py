@@ -1,6 +1,7 @@
 """The HTTP listener's connection hygiene, below the application: a cap on open connections,
 a deadline for sending a request's headers (slowloris), an idle keep-alive timeout, and request
-line and header limits answered as JSON 414/431/400 that never echo the client's bytes.
+line and header limits answered as JSON 414/431/400 that never echo the client's bytes. With
+`[server.tls]` each accepted connection is wrapped in TLS (`gateway.tls`) before aiohttp sees it.
 
 aiohttp has no header-read timeout and answers parser errors in text/plain with the offending
 bytes quoted, so the listener uses its own `RequestHandler` subclass and site. Connections are
@@ -22,6 +23,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 import termios
 import threading
 from collections.abc import Callable
@@ -36,6 +38,7 @@ from aiohttp.web_response import StreamResponse
 from gateway.codecs import jsonio
 from gateway.config import ServerConfig
 from gateway.rest.server import SERVER_NAME
+from gateway.tls.listeners import HttpsContexts
 
 log = logging.getLogger(__name__)
 LINGERING_S = 2.0
@@ -164,7 +167,8 @@ class GuardedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._config.host}:{self._config.http_port}"
+        scheme = "http" if self._config.tls is None else "https"
+        return f"{scheme}://{self._config.host}:{self._config.http_port}"
 
     async def start(self) -> None:
         await super().start()
@@ -180,7 +184,9 @@ class GuardedSite(web.BaseSite):
         listener = socket.create_server((self._config.host, self._config.http_port),
                                         family=_family(self._config.host), backlog=1024,
                                         reuse_port=True)
-        acceptor = AcceptThread(listener, asyncio.get_running_loop(), protocol)
+        tls = None if self._config.tls is None else HttpsContexts(self._config.tls)
+        acceptor = AcceptThread(listener, asyncio.get_running_loop(), protocol, tls,
+                                self._config.header_timeout_s, self._refused)
         acceptor.start()
         self._server = acceptor  # type: ignore[assignment]  # what BaseSite.stop() closes
 
@@ -199,14 +205,22 @@ class AcceptThread:
 
     The listener is non-blocking and watched with `EPOLLEXCLUSIVE`, so processes sharing one
     listening socket are not all woken for each connection; a pipe wakes the thread to stop.
+    With `tls`, the loop runs each connection's TLS handshake (within `handshake_timeout_s`,
+    the header deadline) before the protocol sees a byte; a failed one counts as refused
+    (`tls_handshake`: no or an untrusted client certificate under mTLS, a plaintext client,
+    a stall).
     """
 
     def __init__(self, listener: socket.socket, loop: asyncio.AbstractEventLoop,
-                 protocol: Callable[[], asyncio.Protocol]) -> None:
+                 protocol: Callable[[], asyncio.Protocol], tls: HttpsContexts | None = None,
+                 handshake_timeout_s: float = 10.0, refused: Refused | None = None) -> None:
         listener.setblocking(False)
         self._listener = listener
         self._loop = loop
         self._protocol = protocol
+        self._tls = tls
+        self._handshake_timeout_s = handshake_timeout_s
+        self._refused = refused
         self._closed = False
         self._wake_read, self._wake_write = os.pipe()
         self._thread = threading.Thread(target=self._run, name="http-accept", daemon=True)
@@ -269,11 +283,18 @@ class AcceptThread:
         self._loop.create_task(self._connect(connection))
 
     async def _connect(self, connection: socket.socket) -> None:
+        context: ssl.SSLContext | None = None
+        if self._tls is not None:
+            context = self._tls.current()  # read here: a rotated certificate serves at once
         try:
-            await self._loop.connect_accepted_socket(self._protocol, connection)
-        except OSError as exc:  # reset before it was handed over
+            await self._loop.connect_accepted_socket(
+                self._protocol, connection, ssl=context,
+                ssl_handshake_timeout=None if context is None else self._handshake_timeout_s)
+        except OSError as exc:  # reset before it was handed over, or a failed TLS handshake
             log.debug("connection lost before it was served: %s", exc)
             connection.close()
+            if context is not None and self._refused is not None:
+                self._refused("tls_handshake")
 
 
 def close_idle_connections(server: web.Server) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-LISTENING = re.compile(r"listening on (http|grpc)://127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(r"listening on (http|grpc)s?://127\.0\.0\.1:(\d+)")  # s: TLS
 
 
 class GatewayProcess:
