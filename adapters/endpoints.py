@@ -1,33 +1,35 @@
-"""Where a backend call goes, for every remote adapter: the least busy of a backend's endpoints,
-and once more to another one if the first is unavailable (not reached, or it refused the call
-before running it). `GrpcPool` is that for unary gRPC calls; each attempt is a client span
-whose `traceparent` goes to the backend."""
+"""The gRPC flavour of the endpoint pool (adapters/pool/) for every remote adapter: a channel
+per endpoint (TLS and mTLS when configured), its probe (`grpc.health.v1` where the backend
+serves it, else the kind's own status call), and `GrpcPool` for unary calls, each attempt a
+client span whose `traceparent` goes to the backend."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from pathlib import Path
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from adapters.pool_config import PoolConfig
-from gateway.errors import GatewayError, Unavailable
+from adapters.pool.balancer import Balancer
+from adapters.pool.endpoint import Endpoint
+from adapters.pool.failures import ErrorMapper, by_status_code, from_grpc
+from adapters.pool.health import Probe, ProbeFailed
+from adapters.pool_config import BackendTls, PoolConfig
+from gateway.metrics import GatewayMetrics
 from gateway.telemetry import propagation
 
-T = TypeVar("T")
-
-
-class Endpoint:
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.outstanding = 0  # calls (streams included) not finished yet
+__all__ = ["Balancer", "Endpoint", "ErrorMapper", "GrpcEndpoint", "GrpcPool", "Rpc",
+           "grpc_probe", "rpc_probe"]
 
 
 class GrpcEndpoint(Endpoint):
     def __init__(self, address: str, config: PoolConfig) -> None:
         super().__init__(address)
-        self.channel = grpc.aio.insecure_channel(address, options=[
+        options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
@@ -37,7 +39,15 @@ class GrpcEndpoint(Endpoint):
             # each call for 20 s (or its whole deadline) instead of failing over
             ("grpc.min_reconnect_backoff_ms", int(config.connect_timeout_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", 2000),
-        ])
+        ]
+        if config.tls is None:
+            self.channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            if config.tls.server_name is not None:
+                options.append(("grpc.ssl_target_name_override", config.tls.server_name))
+            self.channel = grpc.aio.secure_channel(address, _credentials(config.tls),
+                                                   options=options)
+        self.health_service = True  # until it answers UNIMPLEMENTED
         self._stubs: dict[Callable[[grpc.aio.Channel], Any], Any] = {}
 
     def stub(self, factory: Callable[[grpc.aio.Channel], Any]) -> Any:
@@ -48,28 +58,13 @@ class GrpcEndpoint(Endpoint):
         return stub
 
 
-E = TypeVar("E", bound=Endpoint)
+def _credentials(tls: BackendTls) -> grpc.ChannelCredentials:
+    def read(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path is not None else None
 
-
-class Balancer(Generic[E]):
-    def __init__(self, endpoints: Sequence[E]) -> None:
-        self.endpoints = list(endpoints)
-
-    async def call(self, attempt: Callable[[E], Awaitable[T]]) -> T:
-        """`attempt(endpoint)` on the least busy endpoint; on `Unavailable`, once on another."""
-        endpoint = min(self.endpoints, key=lambda e: e.outstanding)
-        for retry in (False, True):
-            endpoint.outstanding += 1
-            try:
-                return await attempt(endpoint)
-            except Unavailable:
-                others = [e for e in self.endpoints if e is not endpoint]
-                if retry or not others:
-                    raise
-            finally:
-                endpoint.outstanding -= 1
-            endpoint = min(others, key=lambda e: e.outstanding)
-        raise AssertionError("unreachable")
+    return grpc.ssl_channel_credentials(root_certificates=read(tls.ca_file),
+                                        private_key=read(tls.key_file),
+                                        certificate_chain=read(tls.cert_file))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,25 +79,73 @@ class Rpc:
         return getattr(endpoint.stub(self.stub), self.method)
 
 
-#: A backend's gRPC failure as ours, given the failure and where it happened ("backend NAME").
-ErrorMapper = Callable[[grpc.aio.AioRpcError, str], GatewayError]
+#: gRPC codes that mean the endpoint, not the question, is wrong: a probe that gets one fails.
+_PROBE_FAILS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                          grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                          grpc.StatusCode.DATA_LOSS, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+def rpc_probe(rpc: Rpc, request: Any,
+              fit: Callable[[Any], bool] = lambda reply: True) -> Probe[GrpcEndpoint]:
+    """A kind's status call as a probe: it passes if the endpoint answers (a NOT_FOUND is an
+    answer) and `fit(reply)`."""
+    async def probe(endpoint: GrpcEndpoint, seconds: float) -> None:
+        try:
+            reply = await rpc.on(endpoint)(request, timeout=seconds)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _PROBE_FAILS:
+                raise ProbeFailed(f"{rpc.method}: {exc.code().name}: {exc.details()}") from None
+            return
+        if not fit(reply):
+            raise ProbeFailed(f"{rpc.method} answered {reply!r:.80}")
+
+    return probe
+
+
+def grpc_probe(fallback: Probe[GrpcEndpoint] | None) -> Probe[GrpcEndpoint]:
+    """`grpc.health.v1.Health/Check` (the whole server, service ""); `fallback` on endpoints
+    that do not serve it (TF Serving, TorchServe), else any answer passes."""
+    async def probe(endpoint: GrpcEndpoint, seconds: float) -> None:
+        if endpoint.health_service:
+            try:
+                reply = await endpoint.stub(health_pb2_grpc.HealthStub).Check(
+                    health_pb2.HealthCheckRequest(), timeout=seconds)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise ProbeFailed(f"health: {exc.code().name}: {exc.details()}") from None
+                endpoint.health_service = False
+            else:
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    raise ProbeFailed("health: " + health_pb2.HealthCheckResponse.ServingStatus
+                                      .Name(reply.status))
+                return
+        if fallback is not None:
+            await fallback(endpoint, seconds)
+
+    return probe
 
 
 class GrpcPool:
     """Unary calls to one backend's gRPC endpoints. Failures are mapped by the kind's
-    `error`; UNAVAILABLE must map to `Unavailable`, so the call is tried once elsewhere."""
+    `error` (by default by status code); UNAVAILABLE must map to `Unavailable`, so the call is
+    tried once elsewhere.
+    `probe`: the kind's status call, for endpoints without `grpc.health.v1`."""
 
     def __init__(self, backend: str, addresses: Sequence[str], config: PoolConfig,
-                 error: ErrorMapper) -> None:
-        self._backend = backend
+                 error: ErrorMapper = by_status_code, *,
+                 probe: Probe[GrpcEndpoint] | None = None,
+                 metrics: GatewayMetrics | None = None) -> None:
+        self._where = "backend"  # client-facing: the backend's name and address are logged
         self._error = error
-        self._balancer = Balancer([GrpcEndpoint(address, config) for address in addresses])
-        self.endpoints = self._balancer.endpoints
+        self.balancer = Balancer(backend, [GrpcEndpoint(a, config) for a in addresses],
+                                 config, probe=grpc_probe(probe), metrics=metrics)
+        self.endpoints = self.balancer.endpoints
 
     async def call(self, rpc: Rpc, request: Any, *, seconds: float) -> Any:
-        """Call `rpc` with `request` on the least busy endpoint, `seconds` at most."""
-        return await self._balancer.call(lambda endpoint: self._attempt(endpoint, rpc, request,
-                                                                        seconds))
+        """Call `rpc` with `request` on the least busy endpoint, `seconds` at most in all."""
+        deadline = time.monotonic() + seconds
+        return await self.balancer.call(lambda endpoint: self._attempt(
+            endpoint, rpc, request, deadline - time.monotonic()))
 
     async def _attempt(self, endpoint: GrpcEndpoint, rpc: Rpc, request: Any,
                        seconds: float) -> Any:
@@ -111,8 +154,9 @@ class GrpcPool:
                 return await rpc.on(endpoint)(request, timeout=max(seconds, 0.001),
                                               metadata=out.metadata)
         except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, f"backend {self._backend}") from None
+            raise from_grpc(exc, self._error, self._where) from None
 
     async def close(self) -> None:
+        await self.balancer.close()
         for endpoint in self.endpoints:
             await endpoint.channel.close()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters import onnx, tfserving, torchserve
+from adapters import onnx, tfserving, torchserve, v2
 from adapters.onnx import config as onnx_config
 from gateway.backend import Adapter, BackendConfig
 from gateway.metrics import GatewayMetrics
@@ -29,6 +29,7 @@ KINDS: Mapping[str, BackendKind] = {
     "onnx": BackendKind(onnx_config.parse, onnx.build),
     "tfserving": BackendKind(tfserving.parse, tfserving.build),
     "torchserve": BackendKind(torchserve.parse, torchserve.build),
+    "v2": BackendKind(v2.parse, v2.build),
 }
 
 

@@ -6,10 +6,11 @@ the test model `tiny` v1 with one worker, its Java frontend and Python worker pi
 and drives it at concurrency 1 and 16 from core 1 with the body `{"x": [[1,2,3,4]]}`:
 
   direct         wrk -> TorchServe's REST inference API (`POST /predictions/tiny`)
-  gateway-rest   wrk -> the gateway's `POST /predictions/tiny` -> TorchServe's REST API
-  direct-grpc    h2load -> TorchServe's gRPC `Predictions` (the same call the gateway makes)
-  gateway-grpc   wrk -> the gateway's `POST /predictions/tiny` -> TorchServe's gRPC API (the
+  gateway-rest   wrk -> the gateway's `POST /predictions/tiny` -> TorchServe's REST API (the
                  adapter's default protocol)
+  direct-grpc    h2load -> TorchServe's gRPC `Predictions` (the same call the gateway makes)
+  gateway-grpc   wrk -> the gateway's `POST /predictions/tiny` -> TorchServe's gRPC API
+                 (`protocol = "grpc"`)
 
 Each gateway setup is compared with `direct` (what a TorchServe REST client gets without the
 gateway) and gateway-grpc also with `direct-grpc`, which separates the gateway's own cost from

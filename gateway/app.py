@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import Any
 
 from aiohttp import web
 
@@ -13,9 +14,10 @@ from gateway.admission import InflightLimits
 from gateway.auth.factory import build_authenticator, build_authorizer
 from gateway.auth.failures import Reason
 from gateway.auth.jwt_authenticator import JwtAuthenticator
-from gateway.backend import Adapter, ModelStore
+from gateway.backend import Adapter, ModelStore, is_remote
 from gateway.config import GatewayConfig
 from gateway.drain import Drain
+from gateway.errors import GatewayError
 from gateway.grpc.server import GrpcServer
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
@@ -29,6 +31,7 @@ from gateway.rest.admin import AdminRoutes
 from gateway.rest.server import build_http_app
 from gateway.routing import PolicyRouter, RouteTable
 from gateway.telemetry.setup import build_tracing
+from gateway.types import ModelRef
 from gateway.worker import WorkerLink
 
 log = logging.getLogger(__name__)
@@ -119,17 +122,40 @@ class Gateway:
         self._watcher.wake()
 
     async def readiness(self) -> tuple[bool, str]:
-        """Also what the `gateway_ready` gauge shows until the next time it is asked."""
+        """Whether this replica should get traffic: not draining, and the models it runs
+        itself loaded. A remote backend that is down is down for every replica alike: taking
+        them all out of rotation would also stop the models that work, so it shows in
+        `readiness_report` and per model, not here. Also what the `gateway_ready` gauge shows
+        until the next time it is asked."""
         if self.drain.draining:
             self._ready = False
             return False, "shutting down"
         reasons = []
         for name, adapter in self.adapters.items():
+            if is_remote(adapter):
+                continue
             ready, why = await adapter.health()
             if not ready:
                 reasons.append(f"{name}: {why}")
         self._ready = not reasons
         return not reasons, "; ".join(reasons) or "ok"
+
+    async def readiness_report(self) -> dict[str, Any]:
+        """`/readyz?verbose`: `readiness`, and whether each backend's models serve now."""
+        ready, why = await self.readiness()
+        names = [(name, model) for name, a in self.adapters.items()
+                 for model in sorted({*a.model_names(), *self.config.models_of(name)})]
+        states = await asyncio.gather(*(_model_state(self.adapters[name], model)
+                                        for name, model in names))
+        backends: dict[str, dict[str, Any]] = {
+            name: {"remote": is_remote(a), "models": {}} for name, a in self.adapters.items()}
+        for (name, model), state in zip(names, states, strict=True):
+            backends[name]["models"][model] = state
+        report: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+        if not ready:
+            report["reason"] = why
+        report["backends"] = backends
+        return report
 
     def grpc_server(self) -> GrpcServer:
         return GrpcServer(self.pipeline, self.config.server, self.readiness, self.metrics,
@@ -137,7 +163,7 @@ class Gateway:
 
     def http_app(self) -> web.Application:
         app = build_http_app(self.pipeline, self.config.server, self.readiness, self.metrics,
-                             self.inflight, self.tracing, self.drain)
+                             self.inflight, self.tracing, self.drain, self.readiness_report)
         app.add_routes(AdminRoutes(self.pipeline, self.policies).routes())
 
         async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
@@ -150,3 +176,13 @@ class Gateway:
         app.cleanup_ctx.append(lifecycle)
         return app
 
+
+async def _model_state(adapter: Adapter, model: str) -> dict[str, Any]:
+    """`{"ready": true}` while a version is AVAILABLE, else also why not."""
+    try:
+        statuses = await adapter.model_status(ModelRef(model))
+    except GatewayError as exc:
+        return {"ready": False, "reason": exc.message}
+    if any(s.state == "AVAILABLE" for s in statuses):
+        return {"ready": True}
+    return {"ready": False, "reason": "no version AVAILABLE"}

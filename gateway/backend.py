@@ -57,6 +57,13 @@ def passes_body(adapter: Adapter) -> bool:
     return getattr(adapter, "passes_body", False) is True
 
 
+def is_remote(adapter: Adapter) -> bool:
+    """Whether `adapter`'s models run on other servers (a class attribute `remote = True`).
+    Such a backend being down is the same for every replica, so it does not make this one
+    unready (`Gateway.readiness`)."""
+    return getattr(adapter, "remote", False) is True
+
+
 @runtime_checkable
 class ModelStore(Protocol):
     """An adapter whose models the management API may add, replace and delete."""

@@ -28,17 +28,23 @@ import math
 
 class GatewayError(Exception):
     """Base of all client-visible failures; `message` is safe to show to the client.
-    `headers` go out with the error (HTTP headers, gRPC trailing metadata)."""
+    `headers` go out with the error (HTTP headers, gRPC trailing metadata). A backend's own
+    failure may keep the HTTP `status` and the `kind` (its name for the failure, such as
+    TorchServe's exception class) it chose, for a door that speaks its dialect to relay."""
 
     http_status = 500
     grpc_code = "INTERNAL"
 
     def __init__(self, message: str, *, retry_after_s: float | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, status: int | None = None,
+                 kind: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
         self.headers = dict(headers or {})
+        if status is not None:
+            self.http_status = status
+        self.kind = kind
 
     def reply_headers(self) -> dict[str, str]:
         headers = dict(self.headers)

@@ -172,7 +172,8 @@ class GatewayMetrics:
         """`read`: 1 if the gateway was ready when last asked (probes, gRPC health's poll)."""
         self._state.gauges.append((
             "gateway_ready", "1 when the gateway is ready to serve (what /readyz answers), 0 "
-            "while it is not: models loading, a backend unreachable, shutting down.", read))
+            "while it is not: in-process models loading, shutting down (a remote backend down "
+            "does not count: see gateway_backend_endpoint_up).", read))
 
     def batch_metrics(self, model: str, version: str) -> BatchMetrics:
         return BatchMetrics(self.batch_size.labels(model, version),
@@ -189,6 +190,10 @@ class GatewayMetrics:
         of `reasons` is exported from 0, so a rate sees the first refusal."""
         self._state.auth_failures.append((counts, tuple(reasons)))
 
+    def watch_collector(self, collector: Collector) -> None:
+        """Another part's scrape-time state (the backend pools'), shown the same way."""
+        self._state.collectors.append(collector)
+
 
 class _StateCollector(Collector):
     """Reads the watched state at scrape time."""
@@ -198,6 +203,7 @@ class _StateCollector(Collector):
         self.breakers: list[CircuitBreaker] = []
         self.auth_failures: list[tuple[Mapping[str, int], tuple[str, ...]]] = []
         self.gauges: list[tuple[str, str, Callable[[], int]]] = []
+        self.collectors: list[Collector] = []
 
     def collect(self) -> Iterable[Metric]:
         depth = GaugeMetricFamily(
@@ -220,4 +226,5 @@ class _StateCollector(Collector):
                 failures.add_metric([reason], counts.get(reason, 0))
         gauges = [GaugeMetricFamily(name, help_text, value=read())
                   for name, help_text, read in self.gauges]
-        return [depth, breakers, failures, *gauges]
+        return [depth, breakers, failures, *gauges,
+                *(metric for c in self.collectors for metric in c.collect())]

@@ -112,6 +112,11 @@ class InferRequest:
     #: (TorchServe handlers); a front end that sets them sets `decoder` for all the others.
     body: bytes | None = None
     content_type: str = ""
+    #: The client's headers such a backend hands its handler (the door chooses which), and
+    #: whether the client asked for an explanation rather than a prediction (TorchServe's
+    #: `/explanations`).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    explain: bool = False
     #: A large body's `decoder` runs in a worker thread, so it cannot hold the event loop.
     decode_off_loop: bool = False
 
@@ -126,5 +131,8 @@ class InferResponse:
     #: A body-passing backend's own reply to a request that carried `body`, in place of
     #: `outputs`; `chunks` are the parts that follow when it streams, relayed as they come.
     body: bytes | None = None
-    content_type: str = ""
+    content_type: str | None = None  # None: the backend sent none
     chunks: AsyncGenerator[bytes, None] | None = None
+    #: The HTTP status and headers such a backend answered with (its handler may choose them).
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)

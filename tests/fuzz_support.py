@@ -396,6 +396,81 @@ def json_bodies(draw: st.DrawFn, documents: st.SearchStrategy[Any]) -> bytes:
     return json_body(Forge(draw(seeds)), draw(documents))
 
 
+# --- v2 REST binary tensor data -------------------------------------------------------------
+
+
+def v2_binary_body(forge: Forge, document: Any) -> tuple[bytes, str | None]:
+    """`document` with the data of some inputs moved after the JSON as binary data (Triton's
+    binary tensor data extension), and the `Inference-Header-Content-Length` for it: mostly
+    as tritonclient sends them; sometimes with sizes that lie, a header length that lies or
+    is no number, bytes missing or to spare, or junk in the binary parameters."""
+    chunks = []
+    if isinstance(document, dict) and isinstance(document.get("inputs"), list):
+        for tensor in document["inputs"]:
+            if isinstance(tensor, dict) and forge.chance(0.7):
+                chunks.append(_binary_input(forge, tensor))
+        if forge.chance(0.3):
+            document["parameters"] = {"binary_data_output": forge.pick(
+                [True, False, True, False, True, 1, "yes", None])}
+        if forge.chance(0.1):
+            document["outputs"] = [{"name": "y", "parameters": forge.pick(
+                [{"binary_data": True}, {"binary_data": "no"}, {"classification": 2},
+                 {"shared_memory_region": "r"}, 7])}]
+    header = json.dumps(document, allow_nan=True).encode()
+    tail = b"".join(chunks)
+    roll = forge.r.randrange(12)
+    if roll == 0:
+        tail = tail[:forge.r.randrange(len(tail))] if tail else b"\0"
+    elif roll == 1:
+        tail += forge.binary(forge.r.randint(1, 9))
+    length: str | None = str(len(header))
+    roll = forge.r.randrange(14)
+    if roll == 0:
+        length = None
+    elif roll == 1:
+        length = forge.pick(["", "x", "-1", "1e3", " 12", "+5", "\u0663", str(2**64), "0"])
+    elif roll == 2:
+        length = str(len(header) + len(tail) + forge.r.randint(1, 9))
+    elif roll == 3:
+        length = str(forge.r.randint(0, len(header)))
+    return header + tail, length
+
+
+def _binary_input(forge: Forge, tensor: dict[str, Any]) -> bytes:
+    """Binary data for `tensor`'s declared datatype and shape (mostly the right size), which
+    its `parameters` announce in place of its `data`."""
+    datatype = tensor.get("datatype")
+    dtype = dtypes.BY_V2.get(datatype) if isinstance(datatype, str) else None
+    shape = tensor.get("shape")
+    count = forge.r.randint(0, 3)
+    if isinstance(shape, list) and all(type(d) is int and 0 <= d <= 200 for d in shape) and \
+            math.prod(shape) <= 200:
+        count = math.prod(shape)
+    if dtype is None or forge.chance(0.1):
+        data = forge.binary(forge.r.randint(0, 24))
+    elif dtype.is_bytes:
+        data = forge.length_prefixed(count)
+    else:
+        data = forge.binary(count * dtype.numpy.itemsize)
+    if forge.chance(0.95):
+        tensor.pop("data", None)
+    size = len(data) if forge.chance(0.85) else forge.pick(
+        [-1, True, "8", 2**63, None, len(data) + 1, max(len(data) - 1, 0), 1.0])
+    tensor["parameters"] = {"binary_data_size": size}
+    return data
+
+
+@st.composite
+def v2_binary_bodies(draw: st.DrawFn, models: list[ModelMetadata] = SIGNATURES
+                     ) -> tuple[bytes, str | None]:
+    """REST bodies with binary tensor data, for one of `models` or any v2 document."""
+    forge = Forge(draw(seeds))
+    model = draw(st.sampled_from(models))
+    document = draw(v2_documents([s.name for s in model.inputs])) if forge.chance(0.3) \
+        else v2_model_document(forge, model)
+    return v2_binary_body(forge, document)
+
+
 @st.composite
 def json_values(draw: st.DrawFn) -> Any:
     forge = Forge(draw(seeds))

@@ -122,3 +122,13 @@ def slow_warm_up_bytes(layers: int = 2_000, width: int = 1024) -> bytes:
          numpy_helper.from_array(np.array([1], np.int64), "one"),
          numpy_helper.from_array(np.array([width, width], np.int64), "square")])
     return _serialize(graph)
+
+
+def identity_bytes(element_type: int) -> bytes:
+    """Input `x` of ONNX `element_type` (a `TensorProto` type), shape [-1, -1]; output `y`:
+    `x` as it is. One per datatype shows each one's values arrive and return exactly."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "identity",
+        [helper.make_tensor_value_info("x", element_type, [None, None])],
+        [helper.make_tensor_value_info("y", element_type, [None, None])])
+    return _serialize(graph)

@@ -115,12 +115,18 @@ def test_check_config_command(tmp_path: Path) -> None:
 ONNX = '[adapters.a]\nkind = "onnx"\nrepository = "m"\n'
 TYPO = "tpyo = 1\n"  # first in its table: the list must not depend on what was read before it
 #: Every table's accepted keys, as "known keys here" must list them (and the docs describe).
+#: The endpoint pool's keys, in every remote kind's table (docs/configuration.md)
+POOL_KEYS = ("max_message_bytes keepalive_time_s connect_timeout_s consecutive_failures "
+             "failure_rate failure_rate_window_s failure_rate_min_requests base_ejection_time_s "
+             "max_ejection_time_s max_ejection_percent health_check_interval_s "
+             "health_check_timeout_s healthy_threshold unhealthy_threshold tls tls_ca_file "
+             "tls_cert_file tls_key_file tls_server_name")
 KNOWN_KEYS = {
     "": (TYPO + ONNX, "server adapters models management auth redis policies tracing limits"),
     "server": ("[server]\n" + TYPO, "decode grpc tls"),  # + the keys docs/configuration.md lists
-    "server.tls": ("[server.tls]\n" + TYPO, "cert_file key_file client_ca_file"),
     "server.decode": ("[server.decode]\n" + TYPO, "max_tensor_elements max_request_elements "
                       "max_batch_rows max_dims max_bytes_elements"),
+    "server.tls": ("[server.tls]\n" + TYPO, "cert_file key_file client_ca_file"),
     "server.grpc": ("[server.grpc]\n" + TYPO, "max_concurrent_streams min_ping_interval_s "
                     "max_connection_idle_s max_connection_age_s max_connection_age_grace_s"),
     "adapters.a": ('[adapters.a]\nkind = "onnx"\n' + TYPO + 'repository = "m"\n',
@@ -128,12 +134,13 @@ KNOWN_KEYS = {
                    "batching load_timeout_s load_memory_bytes load_concurrency "
                    "run_memory_bytes"),
     "adapters.t": ('[adapters.t]\nkind = "tfserving"\n' + TYPO + 'endpoints = ["h:1"]\n',
-                   "kind endpoints max_message_bytes keepalive_time_s connect_timeout_s"),
+                   "kind endpoints " + POOL_KEYS),
+    "adapters.v": ('[adapters.v]\nkind = "v2"\n' + TYPO + 'endpoints = ["h:1"]\n',
+                   "kind endpoints " + POOL_KEYS),
     "adapters.ts": ('[adapters.ts]\nkind = "torchserve"\n' + TYPO + 'endpoints = ["h:1"]\n'
                     'management_endpoints = ["h:2"]\n',
                     "kind protocol endpoints rest_endpoints management_endpoints "
-                    "streaming_models discovery_interval_s max_message_bytes keepalive_time_s "
-                    "connect_timeout_s"),
+                    "streaming_models discovery_interval_s " + POOL_KEYS),
     "adapters.a.batching": (ONNX + "[adapters.a.batching]\n" + TYPO,
                             "max_batch_size max_queue_delay_ms max_queue_size "
                             "concurrent_batches"),

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from gateway.cli import main as gateway_cli
 from tests.auth_support import bearer, claims, hs_provider, sign
 from tests.redis_server import redis_server  # noqa: F401 (a fixture)
+from tests.servers.tfserving_standin import dead_address, tfserving_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 V2_BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
@@ -144,7 +145,8 @@ async def test_every_metric_the_dashboard_queries_is_exported(
         'burst = 2\n')
     client: TestClient = await make_client(
         f'[auth]\nenabled = true\n{hs_provider()}\n[redis]\nurl = "{redis_server}"\n'
-        f'timeout_ms = 2000\n[policies]\ndirectory = "{policies}"\n')
+        f'timeout_ms = 2000\n[policies]\ndirectory = "{policies}"\n'
+        + tfserving_config(dead_address(), models=(), adapter="remote"))  # a pool's metrics
     token = bearer(sign(claims(time.time(), scope="predict")))
     statuses = [(await client.post("/v2/models/demo/infer", json=V2_BODY, headers=token)).status
                 for _ in range(3)]

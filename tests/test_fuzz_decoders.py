@@ -17,7 +17,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.codecs import jsonio, tensor_proto, torchserve_json, v2_grpc, v2_json
+from gateway.codecs import jsonio, tensor_proto, torchserve_json, v2_binary, v2_grpc, v2_json
 from gateway.codecs.tfserving_json import parse_predict
 from gateway.errors import BackendError, BadRequest
 from gateway.types import ModelMetadata, Tensors
@@ -32,6 +32,7 @@ from tests.fuzz_support import (
     json_values,
     predict_requests,
     tf_json_documents,
+    v2_binary_bodies,
     v2_documents,
 )
 
@@ -70,6 +71,18 @@ def test_tf_serving_json_row_and_columnar() -> None:
 def test_v2_json() -> None:
     fuzz_decoder(v2_documents(), 1600,
                  lambda document: v2_json.parse_infer(document, budget=SMALL_BUDGET).inputs)
+
+
+def decode_binary_body(case: tuple[bytes, str | None]) -> Tensors:
+    body, header_length = case
+    header, binary = v2_binary.split_body(body, header_length)
+    return v2_json.parse_infer(jsonio.loads(header), budget=SMALL_BUDGET, binary=binary).inputs
+
+
+def test_v2_rest_binary_tensor_data() -> None:
+    """Sizes that lie (to the shape, to the bytes left, to the header's length), junk in the
+    binary parameters, truncated or padded binary data."""
+    fuzz_decoder(v2_binary_bodies(), 1600, decode_binary_body)
 
 
 @st.composite

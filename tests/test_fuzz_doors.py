@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from gateway import dtypes
-from gateway.codecs import tensor_proto
+from gateway.codecs import tensor_proto, v2_binary
 from gateway.codecs.budget import DEFAULT_BUDGET
 from protos.inference import grpc_service_pb2 as pb
 from protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -46,6 +46,7 @@ from tests.fuzz_support import (
     signature,
     spec,
     tf_json_document,
+    v2_binary_bodies,
     v2_documents,
     v2_model_document,
 )
@@ -101,15 +102,25 @@ def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
 # --- REST -----------------------------------------------------------------------------------
 
 
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
 @st.composite
-def rest_cases(draw: st.DrawFn) -> tuple[str, bytes]:
+def rest_cases(draw: st.DrawFn) -> tuple[str, bytes] | tuple[str, bytes, dict[str, str]]:
+    """A path and body (JSON), or a path, body and headers (v2 with binary tensor data)."""
     forge = Forge(draw(seeds))
     model = draw(st.sampled_from(sorted(MODELS)))
-    dialect = draw(st.sampled_from(["tfserving", "v2", "torchserve", "management"]))
+    dialect = draw(st.sampled_from(["tfserving", "v2", "v2-binary", "torchserve",
+                                    "management"]))
     names = [s.name for s in MODELS[model].inputs]
     if dialect == "tfserving":
         document = tf_json_document(forge, MODELS[model], draw(st.sampled_from(TF_FORMS)))
         return f"/v1/models/{model}:predict", json_body(forge, document)
+    if dialect == "v2-binary":
+        body, length = draw(v2_binary_bodies([MODELS[model]]))
+        headers = {} if length is None else {v2_binary.HEADER_LENGTH: length}
+        return f"/v2/models/{model}/infer", body, {"Content-Type": "application/octet-stream",
+                                                   **headers}
     if dialect in ("v2", "management"):
         document = draw(v2_documents(names)) if forge.chance(0.4) else \
             v2_model_document(forge, MODELS[model]) if forge.chance(0.8) else {
@@ -126,16 +137,15 @@ async def test_rest_doors_answer_every_bad_input_with_a_4xx(
     gw = await started(start_gateway)
     examples, seen = 1500, Counter[str]()
 
-    async def send(case: tuple[str, bytes]) -> None:
-        path, body = case
-        response = await gw.http.post(path, data=body,
-                                      headers={"Content-Type": "application/json"})
-        text = await response.text()
-        assert response.status < 500, (path, body[:300], response.status, text)
+    async def send(case: tuple[str, bytes] | tuple[str, bytes, dict[str, str]]) -> None:
+        path, body, headers = case if len(case) == 3 else (*case, JSON_TYPE)
+        response = await gw.http.post(path, data=body, headers=headers)
+        reply = await response.read()  # JSON, or JSON then binary tensor data
+        assert response.status < 500, (path, body[:300], response.status, reply[:300])
         if response.status >= 400:  # TorchServe's dialect answers in TorchServe's shape
             shape = ({"code", "type", "message"} if path.startswith("/predictions/")
                      else {"error"})
-            assert set(json.loads(text)) == shape, text
+            assert set(json.loads(reply)) == shape, reply
         seen[f"{path.split('/')[1]} {response.status}"] += 1
 
     await drive(rest_cases(), examples, send)

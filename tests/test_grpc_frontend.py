@@ -454,7 +454,7 @@ async def test_reflection_lists_the_services(gw: RunningGateway) -> None:
     assert replies[1].file_descriptor_response.file_descriptor_proto  # descriptors are served
 
 
-async def test_health_reports_serving_and_follows_readiness(
+async def test_health_reports_serving_and_a_remote_backend_down_leaves_it_serving(
         gw: RunningGateway, standin: TfServingStandIn) -> None:
     health = health_pb2_grpc.HealthStub(gw.channel)
     for service in ("", "tensorflow.serving.PredictionService", "inference.GRPCInferenceService"):
@@ -462,13 +462,20 @@ async def test_health_reports_serving_and_follows_readiness(
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
     error = await failure(health.Check(health_pb2.HealthCheckRequest(service="nope")))
     assert error.code() == grpc.StatusCode.NOT_FOUND
-    await standin.stop()  # a backend the gateway routes to goes away: not ready
+    await standin.stop()  # a backend goes away: its models are not ready, the gateway is
 
-    async def not_serving() -> bool:
-        reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
-        return reply.status == health_pb2.HealthCheckResponse.NOT_SERVING  # type: ignore[no-any-return]
+    async def tfdemo_not_ready() -> bool:
+        try:
+            reply = await gw.v2.ModelReady(pb.ModelReadyRequest(name="tfdemo"), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[no-any-return]
+        return not reply.ready
 
-    await wait_until(not_serving, within=10)
+    await wait_until(tfdemo_not_ready, within=10)
+    assert (await gw.v2.ModelReady(pb.ModelReadyRequest(name="demo"), timeout=10)).ready
+    assert (await gw.v2.ServerReady(pb.ServerReadyRequest(), timeout=10)).ready
+    reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 # `gateway serve` as a process

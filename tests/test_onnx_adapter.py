@@ -120,6 +120,12 @@ async def test_readyz_names_a_configured_model_that_is_missing(
     reply = await client.get("/readyz")
     assert reply.status == 503 and reply.headers["Retry-After"] == "1"
     assert "ghost" in (await reply.json())["error"]
+    verbose = await client.get("/readyz?verbose")
+    assert verbose.status == 503 and verbose.headers["Retry-After"] == "1"
+    report = await verbose.json()
+    assert report["status"] == "not ready" and "ghost" in report["reason"]
+    assert report["backends"]["local"]["models"]["ghost"]["ready"] is False
+    assert report["backends"]["local"]["models"]["demo"] == {"ready": True}
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/v2/health/ready")).status == 503
     await client.close()

@@ -48,7 +48,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_accepts_the_deployed_config_and_its_rules() -> None:
     result = promtool("check", "config", str(DEPLOY / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_the_alerting_rules_pass_their_unit_tests() -> None:
@@ -146,7 +146,7 @@ async def test_every_dashboard_query_and_alert_works_on_a_scraped_gateway(
 
     await wait_until(lambda: _all_evaluated(evaluated), within=10)
     rules = await evaluated()
-    assert len(rules) == 8
+    assert len(rules) == 9
     assert [(r["name"], r["lastError"]) for r in rules if r["health"] != "ok"] == []
     assert [r["name"] for r in rules if r["state"] == "firing"] == []
 

@@ -19,12 +19,19 @@ def load(tmp_path: Path, body: str) -> TorchServeAdapterConfig:
     return config
 
 
-def test_grpc_is_the_default_protocol(tmp_path: Path) -> None:
-    config = load(tmp_path, 'endpoints = ["10.0.0.1:7070", "10.0.0.2:7070"]\n'
+def test_rest_is_the_default_protocol(tmp_path: Path) -> None:
+    config = load(tmp_path, 'rest_endpoints = ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]\n'
                             'management_endpoints = ["10.0.0.1:7071"]\n')
     assert config == TorchServeAdapterConfig(
-        name="ts", management_endpoints=("10.0.0.1:7071",), protocol="grpc",
-        endpoints=("10.0.0.1:7070", "10.0.0.2:7070"))
+        name="ts", management_endpoints=("10.0.0.1:7071",), protocol="rest",
+        rest_endpoints=("http://10.0.0.1:8080", "http://10.0.0.2:8080"))
+
+
+def test_grpc_is_chosen_by_name(tmp_path: Path) -> None:
+    config = load(tmp_path, 'protocol = "grpc"\nendpoints = ["10.0.0.1:7070"]\n'
+                            'management_endpoints = ["10.0.0.1:7071"]\n')
+    assert (config.protocol, config.endpoints, config.rest_endpoints) == (
+        "grpc", ("10.0.0.1:7070",), ())
 
 
 def test_every_key(tmp_path: Path) -> None:
@@ -46,15 +53,16 @@ connect_timeout_s = 0.5
 
 
 @pytest.mark.parametrize(("body", "fragments"), [
-    ('management_endpoints = ["h:1"]\n',
+    ('protocol = "grpc"\nmanagement_endpoints = ["h:1"]\n',
      ["adapters.ts.endpoints", 'non-empty list of "host:port"']),
-    ('endpoints = ["h:1"]\n', ["adapters.ts.management_endpoints", "non-empty list"]),
-    ('protocol = "rest"\nendpoints = ["h:1"]\nmanagement_endpoints = ["h:2"]\n',
+    ('protocol = "grpc"\nendpoints = ["h:1"]\n',
+     ["adapters.ts.management_endpoints", "non-empty list"]),
+    ('endpoints = ["h:1"]\nmanagement_endpoints = ["h:2"]\n',
      ["adapters.ts.rest_endpoints", 'non-empty list of "http://host:port"']),
     ('protocol = "rest"\nrest_endpoints = ["h:8080"]\nmanagement_endpoints = ["h:2"]\n',
      [":4:", "adapters.ts.rest_endpoints", "expected \"http://host:port\", got 'h:8080'"]),
-    ('endpoints = ["h"]\nmanagement_endpoints = ["h:2"]\n',
-     [":3:", "adapters.ts.endpoints", "expected \"host:port\", got 'h'"]),
+    ('protocol = "grpc"\nendpoints = ["h"]\nmanagement_endpoints = ["h:2"]\n',
+     [":4:", "adapters.ts.endpoints", "expected \"host:port\", got 'h'"]),
     ('protocol = "http"\nendpoints = ["h:1"]\nmanagement_endpoints = ["h:2"]\n',
      ["adapters.ts.protocol", "grpc", "rest"]),
     ('endpoints = ["h:1"]\nmanagement_endpoints = ["h:2"]\nstreaming = ["x"]\n',
@@ -69,6 +77,6 @@ def test_mistakes_are_named(tmp_path: Path, body: str, fragments: list[str]) -> 
 
 def test_torchserve_models_take_no_batching_table(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        load(tmp_path, 'endpoints = ["h:1"]\nmanagement_endpoints = ["h:2"]\n'
+        load(tmp_path, 'rest_endpoints = ["http://h:1"]\nmanagement_endpoints = ["h:2"]\n'
                        '[models.m]\nadapter = "ts"\n[models.m.batching]\nmax_batch_size = 4\n')
     assert "(torchserve) batches itself" in str(caught.value)

@@ -48,12 +48,16 @@ async def test_bodies_the_target_cannot_type_are_400(gw: RunningGateway) -> None
         assert expected in reply["message"], body
 
 
-async def test_unknown_models_and_versions_are_404(gw: RunningGateway) -> None:
-    for path in ("/predictions/nope", "/predictions/demo/7"):
+async def test_unknown_models_and_versions_are_404_in_torchserves_words(
+        gw: RunningGateway) -> None:
+    cases = [("/predictions/nope", "ModelNotFoundException", "Model not found: nope"),
+             ("/predictions/nope/1", "ModelNotFoundException", "Model not found: nope"),
+             ("/predictions/demo/7", "ModelVersionNotFoundException",
+              "Model version: 7 does not exist for model: demo")]
+    for path, kind, message in cases:
         response = await gw.http.post(path, json=ROWS)
         assert response.status == 404, path
-        reply = await response.json()
-        assert (reply["code"], reply["type"]) == (404, "ModelNotFoundException"), path
+        assert await response.json() == {"code": 404, "type": kind, "message": message}
 
 
 async def test_failures_answer_in_torchserves_shape(gw: RunningGateway) -> None:
@@ -62,8 +66,9 @@ async def test_failures_answer_in_torchserves_shape(gw: RunningGateway) -> None:
     cases = [("POST", "/predictions/nope", 404, "ModelNotFoundException", "nope"),
              ("POST", "/predictions/demo/1/extra", 404, "ResourceNotFoundException",
               "no such endpoint"),
-             ("GET", "/predictions/demo", 405, "MethodNotAllowedException", "method GET"),
-             ("POST", "/ping", 405, "MethodNotAllowedException", "method POST")]
+             ("GET", "/explanations", 404, "ResourceNotFoundException", "no such endpoint"),
+             ("PUT", "/explanations/demo/1/extra", 404, "ResourceNotFoundException",
+              "no such endpoint")]
     for method, path, status, kind, fragment in cases:
         response = await gw.http.request(method, path, json=ROWS)
         reply = await response.json()
@@ -75,6 +80,24 @@ async def test_failures_answer_in_torchserves_shape(gw: RunningGateway) -> None:
     assert set(await other.json()) == {"error"}
 
 
+async def test_every_method_predicts_and_the_door_describes_itself(gw: RunningGateway) -> None:
+    """TorchServe answers any method on its inference paths alike, explanations included (a
+    backend that is not TorchServe has no handler to explain: it predicts)."""
+    for method, path in (("PUT", "/predictions/demo"), ("GET", "/predictions/demo/1"),
+                         ("POST", "/explanations/demo")):
+        response = await gw.http.request(method, path, json={"x": ROWS})
+        assert response.status == 200, (method, path, await response.text())
+        np.testing.assert_allclose((await response.json())["probabilities"],
+                                   stable_answer(ROWS), rtol=1e-6)
+    for method, path in (("OPTIONS", "/"), ("GET", "/api-description")):
+        response = await gw.http.request(method, path)
+        assert response.status == 200
+        description = await response.json()
+        assert description["openapi"] == "3.0.1"
+        assert {"/ping", "/predictions/{model_name}", "/explanations/{model_name}",
+                "/predictions/{model_name}/{model_version}"} <= set(description["paths"])
+
+
 async def test_ping_follows_the_gateways_readiness(start_gateway: StartGateway) -> None:
     healthy = await (await start_gateway()).http.get("/ping")
     assert (healthy.status, await healthy.json()) == (200, {"status": "Healthy"})
@@ -82,11 +105,16 @@ async def test_ping_follows_the_gateways_readiness(start_gateway: StartGateway) 
     gw = await start_gateway(textwrap.dedent(f"""
         [adapters.gone]
         kind = "torchserve"
+        protocol = "grpc"
         endpoints = {dead}
         management_endpoints = {dead}
 
         [models.ghost]
         adapter = "gone"
         """))
+    # a remote backend down is down for every replica: this one still serves the rest
+    remote_down = await gw.http.get("/ping")
+    assert (remote_down.status, await remote_down.json()) == (200, {"status": "Healthy"})
+    gw = await start_gateway('[models.ghost]\nadapter = "local"\n')  # one it runs: missing
     unhealthy = await gw.http.get("/ping")
     assert (unhealthy.status, await unhealthy.json()) == (500, {"status": "Unhealthy"})

@@ -1,5 +1,5 @@
 """TorchServe's failures, as its gRPC and REST APIs report them (texts as TorchServe 0.12 writes
-them), turned into the gateway's errors."""
+them), turned into the gateway's errors with TorchServe's status, class and message."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from gateway.errors import (
     DeadlineExceeded,
     GatewayError,
     NotFound,
+    PayloadTooLarge,
     Unavailable,
 )
 
-WHERE = "TorchServe backend ts (h:7070)"
 NO_WORKER = ('Model "m" has no worker to serve inference request. Please use scale workers API '
              "to add workers.")
 WORKER = "org.pytorch.serve.http.InternalServerException"
@@ -28,30 +28,23 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
 
 
-@pytest.mark.parametrize(("code", "details", "kind", "message"), [
+@pytest.mark.parametrize(("code", "details", "kind", "status", "message"), [
     (Code.INTERNAL, "Model not found: m\norg.pytorch.serve.archive.model.ModelNotFoundException",
-     NotFound, "Model not found: m"),
+     NotFound, 404, "Model not found: m"),
     (Code.INTERNAL, "Model version: 9 does not exist for model: m\n"
                     "org.pytorch.serve.archive.model.ModelVersionNotFoundException",
-     NotFound, "Model version: 9 does not exist for model: m"),
-    (Code.INTERNAL, f"{NO_WORKER}\nInternalServerException.()", Unavailable, NO_WORKER),
-    (Code.UNAVAILABLE, f"Prediction failed\n{WORKER}", BackendError, "Prediction failed"),
-    (Code.INTERNAL, f"Worker died.\n{WORKER}", BackendError, "Worker died."),
-    (Code.INVALID_ARGUMENT, f"x must be a list\n{WORKER}", BadRequest, "x must be a list"),
-    (Code.DEADLINE_EXCEEDED, "Deadline Exceeded", DeadlineExceeded, "Deadline Exceeded"),
+     NotFound, 404, "Model version: 9 does not exist for model: m"),
+    (Code.INTERNAL, f"{NO_WORKER}\nInternalServerException.()", Unavailable, 503, NO_WORKER),
+    (Code.UNAVAILABLE, f"Prediction failed\n{WORKER}", BackendError, 503, "Prediction failed"),
+    (Code.INTERNAL, f"Worker died.\n{WORKER}", BackendError, 500, "Worker died."),
+    (Code.INVALID_ARGUMENT, f"x must be a list\n{WORKER}", BadRequest, 400, "x must be a list"),
+    (Code.DEADLINE_EXCEEDED, "Deadline Exceeded", DeadlineExceeded, 504, "Deadline Exceeded"),
 ])
 def test_grpc_failures(code: grpc.StatusCode, details: str, kind: type[GatewayError],
-                       message: str) -> None:
-    error = errors.from_grpc(rpc_error(code, details), WHERE)
-    assert (type(error), error.message) == (kind, f"{WHERE}: {message}")
+                       status: int, message: str) -> None:
+    error = errors.from_grpc(rpc_error(code, details), "backend ts")
+    assert (type(error), error.http_status, error.message) == (kind, status, message)
     assert error.retry_after_s == (1 if kind is Unavailable else None)
-
-
-def test_grpc_without_an_answer_is_unreachable() -> None:
-    details = "failed to connect to all addresses; last error: Connection refused"
-    error = errors.from_grpc(rpc_error(Code.UNAVAILABLE, details), WHERE)
-    assert (type(error), error.message, error.retry_after_s) == (
-        Unavailable, f"{WHERE} is unreachable: {details}", 1)
 
 
 def body(code: int, kind: str, message: str) -> bytes:
@@ -66,13 +59,19 @@ def body(code: int, kind: str, message: str) -> bytes:
      "Prediction failed"),
     (507, body(507, "InternalServerException", "Out of resources"), BackendError,
      "Out of resources"),
-    (400, body(400, "InternalServerException", "x must be a list"), BadRequest,
+    (422, body(422, "InternalServerException", "x must be a list"), BadRequest,
      "x must be a list"),
-    (502, b"<html>Bad Gateway</html>", BackendError, "<html>Bad Gateway</html>"),
-    (429, b"", Unavailable, "HTTP 429"),
+    (413, body(413, "RequestEntityTooLargeException", "too big"), PayloadTooLarge, "too big"),
 ])
-def test_rest_failures(status: int, reply: bytes, kind: type[GatewayError],
-                       message: str) -> None:
-    error = errors.from_rest(status, reply, WHERE)
-    assert (type(error), error.message) == (kind, f"{WHERE}: {message}")
+def test_rest_failures_keep_torchserves_status_and_class(
+        status: int, reply: bytes, kind: type[GatewayError], message: str) -> None:
+    error = errors.from_rest(status, reply)
+    assert error is not None
+    assert (type(error), error.http_status, error.kind, error.message) == (
+        kind, status, orjson.loads(reply)["type"], message)
     assert error.retry_after_s == (1 if kind is Unavailable else None)
+
+
+@pytest.mark.parametrize("reply", [b"<html>Bad Gateway</html>", b"", b'{"verdict": "no"}'])
+def test_a_reply_not_in_torchserves_error_shape_is_the_handlers_own(reply: bytes) -> None:
+    assert errors.from_rest(422, reply) is None

@@ -5,6 +5,7 @@ backend's endpoints is gone (requests fail over to the one that is up)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import aiohttp
@@ -35,13 +36,13 @@ async def test_torchserve_stopped_mid_test_is_a_clear_503_and_demo_keeps_serving
     assert response.headers["Retry-After"] == "1"
     reply = await response.json()
     assert reply["type"] == "ServiceUnavailableException"
-    assert reply["message"].startswith(
-        f"TorchServe backend ts ({private_torchserve.grpc_inference}) is unreachable: ")
+    assert reply["message"] == "the model's backend is unavailable"  # the rest: in the log
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await gw.predict.Predict(predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name="tiny")), timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert (await gw.http.get("/ping")).status == 500  # as TorchServe says Unhealthy
+    # the gateway still serves demo: a backend down is not the replica unhealthy
+    assert (await gw.http.get("/ping")).status == 200
 
     demo = await gw.http.post("/predictions/demo", json=ROWS)
     assert demo.status == 200
@@ -57,10 +58,11 @@ async def test_a_dead_endpoint_fails_over_to_the_live_one(
         start_gateway: StartGateway, torchserve: TorchServe, protocol: str) -> None:
     gw = await start_gateway(torchserve_config(
         torchserve, protocol=protocol, dead=f"127.0.0.1:{free_port()}"))
-    for _ in range(3):  # each tries the dead endpoint first: both are idle
+    for _ in range(3):  # ties between idle endpoints go round: some try the dead one first
         response = await gw.http.post("/predictions/tiny", json=ROWS)
         assert response.status == 200, await response.text()
-        np.testing.assert_allclose((await response.json())["probabilities"], tiny_answer(ROWS),
+        reply = json.loads(await response.read())  # a handler's reply: no content type
+        np.testing.assert_allclose(reply["probabilities"], tiny_answer(ROWS),
                                    rtol=1e-6)
     status = await gw.http.get("/v1/models/tiny")
     assert status.status == 200, await status.text()

@@ -15,4 +15,4 @@ __all__ = ["TfServingAdapter", "TfServingAdapterConfig", "build", "parse"]
 
 def build(config: TfServingAdapterConfig, models: Mapping[str, ModelConfig],
           metrics: GatewayMetrics) -> Adapter:
-    return TfServingAdapter(config, dict(models))
+    return TfServingAdapter(config, dict(models), metrics)

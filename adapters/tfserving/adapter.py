@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import grpc
-
-from adapters.endpoints import GrpcPool, Rpc
+from adapters.endpoints import GrpcPool, Rpc, rpc_probe
 from adapters.tfserving.config import TfServingAdapterConfig
 from gateway.backend import configured_models_available
 from gateway.codecs import tensor_proto, tfserving_grpc
-from gateway.errors import BadRequest, GatewayError, from_backend_code
+from gateway.errors import BadRequest, GatewayError
+from gateway.metrics import GatewayMetrics
 from gateway.model_config import ModelConfig
 from gateway.types import (
     InferRequest,
@@ -42,16 +41,25 @@ _status = Rpc("tensorflow.serving.ModelService", "GetModelStatus",
 
 
 class TfServingAdapter:
-    def __init__(self, config: TfServingAdapterConfig, models: dict[str, ModelConfig]) -> None:
+    remote = True
+
+    def __init__(self, config: TfServingAdapterConfig, models: dict[str, ModelConfig],
+                 metrics: GatewayMetrics | None = None) -> None:
         self.name = config.name
         self._config = config
         self._models = models
+        self._metrics = metrics
         self._pool: GrpcPool | None = None
         # (model, version, label, signature) -> signature; dropped when the version moves on
         self._signatures: dict[ModelRef, ModelMetadata] = {}
 
     async def start(self) -> None:
-        self._pool = GrpcPool(self.name, self._config.endpoints, self._config.pool, _error)
+        # the health probe asks for a configured model (TF Serving has no grpc.health.v1);
+        # with none, an unknown name's NOT_FOUND still shows the server answers
+        probe = get_model_status_pb2.GetModelStatusRequest(
+            model_spec=tfserving_grpc.model_spec(ModelRef(min(self._models, default=""))))
+        self._pool = GrpcPool(self.name, self._config.endpoints, self._config.pool,
+                              probe=rpc_probe(_status, probe), metrics=self._metrics)
 
     async def close(self) -> None:
         if self._pool:
@@ -118,9 +126,3 @@ class TfServingAdapter:
                  and m.version != served_version]
         for stale_ref in stale:
             del self._signatures[stale_ref]
-
-
-def _error(exc: grpc.aio.AioRpcError, where: str) -> GatewayError:
-    # UNAVAILABLE (and RESOURCE_EXHAUSTED) become `Unavailable`: the pool then tries another
-    # endpoint, since the call did not run
-    return from_backend_code(exc.code().name, f"{where}: {exc.details() or exc.code().name}")

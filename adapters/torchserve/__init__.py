@@ -15,4 +15,4 @@ __all__ = ["TorchServeAdapter", "TorchServeAdapterConfig", "build", "parse"]
 
 def build(config: TorchServeAdapterConfig, models: Mapping[str, ModelConfig],
           metrics: GatewayMetrics) -> Adapter:
-    return TorchServeAdapter(config, dict(models))
+    return TorchServeAdapter(config, dict(models), metrics)

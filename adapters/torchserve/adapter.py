@@ -20,6 +20,7 @@ from adapters.torchserve.transport import Inference, PredictCall
 from gateway.backend import configured_models_available
 from gateway.codecs import torchserve_json
 from gateway.errors import BackendError, BadRequest, GatewayError, NotFound
+from gateway.metrics import GatewayMetrics
 from gateway.model_config import ModelConfig
 from gateway.types import (
     InferRequest,
@@ -38,11 +39,14 @@ SIGNATURE_TTL_S = 10.0
 
 class TorchServeAdapter:
     passes_body = True
+    remote = True
 
-    def __init__(self, config: TorchServeAdapterConfig, models: dict[str, ModelConfig]) -> None:
+    def __init__(self, config: TorchServeAdapterConfig, models: dict[str, ModelConfig],
+                 metrics: GatewayMetrics | None = None) -> None:
         self.name = config.name
         self._config = config
         self._models = models
+        self._metrics = metrics
         self._inference: Inference | None = None
         self._management: TorchServeManagement | None = None
         self._discovered: frozenset[str] = frozenset()
@@ -50,9 +54,10 @@ class TorchServeAdapter:
         self._signatures: dict[ModelRef, tuple[float, ModelMetadata]] = {}
 
     async def start(self) -> None:
-        self._inference = (GrpcInference(self._config) if self._config.protocol == "grpc"
-                           else RestInference(self._config))
-        self._management = TorchServeManagement(self._config)
+        self._inference = (GrpcInference(self._config, self._metrics)
+                           if self._config.protocol == "grpc"
+                           else RestInference(self._config, self._metrics))
+        self._management = TorchServeManagement(self._config, self._metrics)
         self._discovery = asyncio.get_running_loop().create_task(self._discover())
 
     async def close(self) -> None:
@@ -86,16 +91,22 @@ class TorchServeAdapter:
     async def infer(self, request: InferRequest) -> InferResponse:
         ref = request.ref
         version = self._version(ref)
-        body, content_type = ((request.body, request.content_type) if request.body is not None
-                              else (torchserve_json.encode(request.inputs), JSON))
+        passed = request.body is not None
         reply = await self.inference.predict(PredictCall(
-            ref.model, version, body, content_type, request.context.remaining()))
+            ref.model, version,
+            request.body if request.body is not None else torchserve_json.encode(request.inputs),
+            request.content_type if passed else JSON, request.context.remaining(),
+            headers=request.headers, explain=request.explain))
         # TorchServe does not say which version answered: only the one asked for is known
-        if request.body is not None:
+        if passed:
             return InferResponse(ref.model, version or "", {}, body=reply.body,
-                                 content_type=reply.content_type, chunks=reply.rest)
+                                 content_type=reply.content_type, chunks=reply.rest,
+                                 status=reply.status, headers=reply.headers)
         data = reply.body if reply.rest is None else b"".join(
             [reply.body, *[part async for part in reply.rest]])
+        if reply.status >= 400:  # the handler chose a failure status and wrote its own body
+            raise BackendError(data.decode("utf-8", "replace")[:200] or f"HTTP {reply.status}",
+                               status=reply.status)
         outputs = _requested(torchserve_json.decode_reply(data), request.outputs, ref.model)
         return InferResponse(ref.model, version or "", outputs)
 

@@ -1,4 +1,4 @@
-"""`kind = "torchserve"`: inference over gRPC (or REST), model status and metadata over the
+"""`kind = "torchserve"`: inference over REST (or gRPC), model status and metadata over the
 gRPC management API; each API's requests balance across its endpoints."""
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from gateway.tomlconfig import Table
 class TorchServeAdapterConfig:
     name: str
     management_endpoints: tuple[str, ...]  # gRPC management API, "host:port"
-    protocol: str = "grpc"  # grpc | rest: which inference API the gateway calls
+    # rest | grpc: which inference API the gateway calls. REST carries everything a client and
+    # a handler exchange; gRPC loses headers, statuses and content types (docs/api.md).
+    protocol: str = "rest"
     endpoints: tuple[str, ...] = ()  # gRPC inference API, "host:port"
     rest_endpoints: tuple[str, ...] = ()  # REST inference API, "http://host:port"
     # gRPC needs to know which handlers stream: TorchServe 0.12 answers the wrong call with
@@ -28,8 +30,8 @@ class TorchServeAdapterConfig:
 def parse(name: str, t: Table, base_dir: Path) -> TorchServeAdapterConfig:
     t.expect(("kind", "management_endpoints", "protocol", "endpoints", "rest_endpoints",
               "streaming_models", "discovery_interval_s", *POOL_KEYS))
-    protocol = t.text("protocol", "grpc", choices=("grpc", "rest"))
     d = TorchServeAdapterConfig(name=name, management_endpoints=())
+    protocol = t.text("protocol", d.protocol, choices=("rest", "grpc"))
     return TorchServeAdapterConfig(
         name=name,
         management_endpoints=parse_addresses(t, "management_endpoints"),

@@ -78,7 +78,8 @@ def metadata_response(metadata: ModelMetadata, signature_name: str | None
     response = get_model_metadata_pb2.GetModelMetadataResponse(
         model_spec=model_pb2.ModelSpec(name=metadata.name,
                                        signature_name=signature_name or ""))
-    response.model_spec.version.value = int(metadata.version)
+    if metadata.version.isdigit():  # other backends' may be free text, or unknown ("")
+        response.model_spec.version.value = int(metadata.version)
     response.metadata["signature_def"].CopyFrom(packed)
     return response
 
@@ -93,7 +94,8 @@ def status_response(statuses: list[VersionStatus]) -> get_model_status_pb2.GetMo
     response = get_model_status_pb2.GetModelStatusResponse()
     for status in statuses:
         response.model_version_status.append(get_model_status_pb2.ModelVersionStatus(
-            version=int(status.version), state=_STATE_NAMES.Value(status.state),
+            version=int(status.version) if status.version.isdigit() else 0,
+            state=_STATE_NAMES.Value(status.state),
             status=status_pb2.StatusProto(
                 error_code=error_codes_pb2.UNKNOWN if status.error else error_codes_pb2.OK,
                 error_message=status.error)))

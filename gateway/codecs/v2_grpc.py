@@ -4,19 +4,21 @@ Inputs come as typed `contents` or as `raw_input_contents` (little-endian bytes;
 each prefixed by a 4-byte little-endian length, as Triton's clients send them). Outputs always
 go back as `raw_output_contents`, which every v2 client reads and which costs no per-element
 Python work. Shapes are checked against the decode budget and sizes against shapes before a
-tensor is built; BYTES elements are split with numpy when they share one length.
+tensor is built; BYTES elements are split with numpy when they share one length (the raw
+layout is `v2_binary`'s, shared with REST's binary tensor data). Request `parameters` become
+plain values for backends.
 """
 
 from __future__ import annotations
 
-import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from gateway import dtypes
-from gateway.codecs import offload
+from gateway.codecs import offload, v2_binary
 from gateway.codecs.budget import DEFAULT_BUDGET, DecodeBudget
 from gateway.codecs.tensor_proto import narrow_ints
 from gateway.dtypes import DType
@@ -36,17 +38,25 @@ def decode_inputs(request: pb.ModelInferRequest, *,
                   budget: DecodeBudget = DEFAULT_BUDGET) -> Tensors:
     """A ModelInferRequest's inputs, every shape checked against `budget` (each tensor and the
     request's total) and every size against its shape before any tensor is built."""
-    return {plan.name: plan.build() for plan in _plan(request, budget)}
+    return {plan.name: plan.build()
+            for plan in _plan(request.inputs, request.raw_input_contents, budget)}
 
 
 async def decode_inputs_async(request: pb.ModelInferRequest, *,
                               budget: DecodeBudget = DEFAULT_BUDGET) -> Tensors:
     """`decode_inputs` for the event loop: the checks run inline; building runs in a worker
     thread when the request has enough BYTES elements to hold the loop (`offload`)."""
-    plans = _plan(request, budget)
+    plans = _plan(request.inputs, request.raw_input_contents, budget)
     strings = sum(plan.count for plan in plans if plan.dtype.is_bytes)
     return await offload.run(lambda: {plan.name: plan.build() for plan in plans},
                              per_element_work=strings)
+
+
+def decode_outputs(reply: pb.ModelInferResponse, budget: DecodeBudget) -> Tensors:
+    """A v2 backend's ModelInferResponse as tensors, from `raw_output_contents` or typed
+    `contents`, checked as a client's inputs are (errors name each output as an input)."""
+    return {plan.name: plan.build()
+            for plan in _plan(reply.outputs, reply.raw_output_contents, budget, "output")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +73,19 @@ class _Input:
     def build(self) -> np.ndarray:
         if self.raw is not None:  # reading copies the bytes: BYTES are read off the loop
             data = self.raw[self.index] if self.data is None else self.data
-            return _from_raw(data, self.dtype, self.shape, self.count, self.name)
+            return v2_binary.from_raw(data, self.dtype, self.shape, self.count, self.name)
         return _from_contents(self.contents, self.dtype, self.shape, self.name)
 
 
-def _plan(request: pb.ModelInferRequest, budget: DecodeBudget) -> list[_Input]:
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise BadRequest(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+def _plan(tensors: Sequence[Any], raw: Sequence[bytes], budget: DecodeBudget,
+          side: str = "input") -> list[_Input]:
+    """`tensors` (a request's inputs or a reply's outputs) and their raw contents, if any."""
+    if raw and len(raw) != len(tensors):
+        raise BadRequest(f"{len(raw)} raw_{side}_contents for {len(tensors)} {side}s")
     tally = budget.request()
     plans: list[_Input] = []
     names: set[str] = set()
-    for index, tensor in enumerate(request.inputs):
+    for index, tensor in enumerate(tensors):
         dtype = dtypes.BY_V2.get(tensor.datatype)
         if dtype is None:
             raise BadRequest(f"input {tensor.name!r}: unknown datatype {tensor.datatype!r}")
@@ -93,16 +104,10 @@ def _plan(request: pb.ModelInferRequest, budget: DecodeBudget) -> list[_Input]:
             _check_contents_size(plan.contents, plan.dtype, plan.shape, plan.count, plan.name)
         elif not plan.dtype.is_bytes:  # BYTES elements are counted as they are split
             data = plan.raw[plan.index]
-            _check_raw_size(data, plan.dtype, plan.shape, plan.count, plan.name)
+            v2_binary.check_size(len(data), plan.dtype, plan.shape, plan.count, plan.name,
+                                 f"{len(data)} raw bytes")
             plans[at] = replace(plan, data=data)
     return plans
-
-
-def _check_raw_size(data: bytes, dtype: DType, shape: tuple[int, ...], count: int,
-                    name: str) -> None:
-    if len(data) != count * dtype.numpy.itemsize:
-        raise BadRequest(f"input {name!r}: {len(data)} raw bytes, shape {list(shape)} of "
-                         f"{dtype.v2} needs {count * dtype.numpy.itemsize}")
 
 
 def _check_contents_size(contents: Any, dtype: DType, shape: tuple[int, ...], count: int,
@@ -114,60 +119,6 @@ def _check_contents_size(contents: Any, dtype: DType, shape: tuple[int, ...], co
     if given != count:
         raise BadRequest(f"input {name!r}: {given} values in contents, shape "
                          f"{list(shape)} needs {count}")
-
-
-_LENGTH = struct.Struct("<I")
-
-
-def _from_raw(data: bytes, dtype: DType, shape: tuple[int, ...], count: int,
-              name: str) -> np.ndarray:
-    if not dtype.is_bytes:
-        array = np.frombuffer(data, dtype=dtype.numpy.newbyteorder("<"))
-        if dtype.numpy.kind == "b":  # any non-zero byte is true
-            array = array.view(np.uint8) != 0
-        return array.reshape(shape)
-    items = _split_bytes(data, count, name)
-    if len(items) != count:
-        raise BadRequest(f"input {name!r}: raw BYTES hold {len(items)} elements, shape "
-                         f"{list(shape)} needs {count}")
-    return offload.object_array(items).reshape(shape)
-
-
-def _split_bytes(data: bytes, count: int, name: str) -> list[bytes]:
-    """At most `count` length-prefixed elements, and all of `data` must be in them. Elements of
-    one length (the common case) are split by numpy; others one prefix at a time."""
-    end = len(data)
-    if count and end >= 4:
-        (length,) = _LENGTH.unpack_from(data, 0)
-        if end == count * (4 + length):
-            records = np.frombuffer(data, dtype=np.dtype([("n", "<u4"), ("v", f"V{length}")]))
-            if (records["n"] == length).all():
-                values = records["v"]  # void elements: .tolist() gives bytes
-                return [item for start in range(0, count, offload.CHUNK)
-                        for item in values[start:start + offload.CHUNK].tolist()]
-    items: list[bytes] = []
-    append, unpack = items.append, _LENGTH.unpack_from
-    offset = start = length = 0
-    try:
-        for _ in range(count):
-            if offset >= end:
-                break
-            (length,) = unpack(data, offset)
-            start = offset + 4
-            offset = start + length
-            append(data[start:offset])
-    except struct.error:  # fewer than 4 bytes left for a length prefix
-        raise BadRequest(f"input {name!r}: truncated BYTES length prefix") from None
-    if offset > end:
-        raise BadRequest(f"input {name!r}: BYTES element {len(items) - 1} has length "
-                         f"{length}, only {end - start} bytes follow")
-    if 0 < end - offset < 4:
-        raise BadRequest(f"input {name!r}: truncated BYTES length prefix")
-    if offset != end:
-        raise BadRequest(f"input {name!r}: raw BYTES hold more than {count} elements "
-                         f"({end - offset} bytes follow element {count - 1}), shape needs "
-                         f"{count}")
-    return items
 
 
 def _from_contents(contents: Any, dtype: DType, shape: tuple[int, ...],
@@ -182,24 +133,24 @@ def _from_contents(contents: Any, dtype: DType, shape: tuple[int, ...],
     return array.reshape(shape)
 
 
+def parameters(fields: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    """Request parameters as plain values, passed on to backends (unset ones left out)."""
+    values: dict[str, Any] = {}
+    for key, parameter in fields.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            values[key] = getattr(parameter, choice)
+    return values
+
+
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     reply = pb.ModelInferResponse(model_name=response.model, model_version=response.version,
                                   id=response.id or "")
     for name, array in response.outputs.items():
         dtype = dtypes.of_array(array)
         reply.outputs.add(name=name, datatype=dtype.v2, shape=list(array.shape))
-        reply.raw_output_contents.append(_to_raw(array, dtype))
+        reply.raw_output_contents.append(v2_binary.to_raw(array, dtype))
     return reply
-
-
-def _to_raw(array: np.ndarray, dtype: DType) -> bytes:
-    if dtype.is_bytes:
-        parts = []
-        for item in array.reshape(-1):
-            data = item if isinstance(item, bytes) else str(item).encode()
-            parts += [struct.pack("<I", len(data)), data]
-        return b"".join(parts)
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
 def metadata_response(metadata: ModelMetadata) -> pb.ModelMetadataResponse:

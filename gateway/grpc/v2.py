@@ -1,7 +1,13 @@
 """The Open Inference Protocol v2 gRPC API (`inference.GRPCInferenceService`), for Triton,
-KServe and MLServer clients."""
+KServe and MLServer clients, with Triton's `ModelStreamInfer`: each message of the stream is a
+`ModelInfer` of its own (admitted, limited, recorded and traced as one), answered as it
+finishes; a message that fails is answered with its `error_message` and the stream goes on."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, NoReturn
 
 import grpc
 
@@ -10,7 +16,7 @@ from gateway.codecs import v2_grpc
 from gateway.errors import NotFound
 from gateway.grpc.calls import GrpcCalls
 from gateway.pipeline import Pipeline
-from gateway.rest.v2 import Readiness
+from gateway.rest.v2 import EXTENSIONS, Readiness
 from gateway.types import InferRequest, ModelRef, RequestContext
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc
@@ -35,7 +41,8 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest,
                              context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="inference-gateway", version=gateway.__version__)
+        return pb.ServerMetadataResponse(name="inference-gateway", version=gateway.__version__,
+                                         extensions=EXTENSIONS)
 
     async def ModelReady(self, request: pb.ModelReadyRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
@@ -58,15 +65,96 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        async def infer(call: RequestContext) -> pb.ModelInferResponse:
-            response = await self._pipeline.infer(InferRequest(
-                ref=_ref(request.model_name, request.model_version), context=call,
-                inputs=await v2_grpc.decode_inputs_async(request, budget=self._calls.budget),
-                outputs=tuple(o.name for o in request.outputs) or None,
-                id=request.id or None))
-            return v2_grpc.encode_response(response)
+        return await self._calls.run_infer(context, FRONTEND, request.model_name,
+                                           lambda call: self._infer(request, call))
 
-        return await self._calls.run_infer(context, FRONTEND, request.model_name, infer)
+    async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest],
+                               context: grpc.aio.ServicerContext
+                               ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Messages run as they arrive, up to `STREAM_WINDOW` at once or unsent (so a stream
+        batches as parallel calls do, and one whose client reads no replies holds no more),
+        and are answered as each finishes, in any order, as Triton's are (a reply's `id` is
+        its request's)."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        running: set[asyncio.Task[None]] = set()
+        message_context = _MessageContext(context)
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            answers.put_nowait(await self._stream_answer(request, message_context))
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await window.acquire()
+                    task = asyncio.get_running_loop().create_task(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await asyncio.gather(*running)
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (reply := await answers.get()) is not None:
+                yield reply
+                window.release()  # once sent: a client that reads no replies gets no more run
+            await reader  # the stream's own failure (the client's cancel), if any
+        finally:
+            for task in (reader, *running):
+                task.cancel()
+            await asyncio.gather(reader, *running, return_exceptions=True)
+
+    async def _stream_answer(self, request: pb.ModelInferRequest,
+                             context: _MessageContext) -> pb.ModelStreamInferResponse:
+        try:
+            reply = await self._calls.run_infer(context, FRONTEND, request.model_name,
+                                                lambda call: self._infer(request, call))
+        except _MessageFailed as failed:
+            return pb.ModelStreamInferResponse(
+                error_message=failed.message, infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version,
+                    id=request.id))
+        return pb.ModelStreamInferResponse(infer_response=reply)
+
+    async def _infer(self, request: pb.ModelInferRequest,
+                     call: RequestContext) -> pb.ModelInferResponse:
+        response = await self._pipeline.infer(InferRequest(
+            ref=_ref(request.model_name, request.model_version), context=call,
+            inputs=await v2_grpc.decode_inputs_async(request, budget=self._calls.budget),
+            outputs=tuple(o.name for o in request.outputs) or None,
+            parameters=v2_grpc.parameters(request.parameters), id=request.id or None))
+        return v2_grpc.encode_response(response)
+
+
+#: Messages of one `ModelStreamInfer` stream running or answered but not yet sent; the next
+#: message is read once one's answer is sent.
+STREAM_WINDOW = 64
+
+
+class _MessageFailed(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _MessageContext:
+    """What a stream's message runs in, for `GrpcCalls`: the stream's own context (metadata,
+    deadline, peer, credentials), except that a failure (an abort) ends the message, not the
+    stream, and a message's trailing metadata is not the stream's."""
+
+    def __init__(self, stream: grpc.aio.ServicerContext) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
+        pass
+
+    async def abort(self, code: grpc.StatusCode, details: str,
+                    trailing_metadata: Sequence[tuple[str, str]] = ()) -> NoReturn:
+        raise _MessageFailed(details)
 
 
 def _ref(name: str, version: str) -> ModelRef:

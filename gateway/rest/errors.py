@@ -36,6 +36,9 @@ RECORDER_KEY = web.AppKey("recorder", RequestRecorder)
 DRAIN_LIMIT_BYTES = 64 * 1024  # a refused request's connection stays open if its body is this small
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: Its own generator: the process-wide one may be seeded or drawn on by others (Hypothesis).
+_jitter = random.Random()
+
 
 def error_reply(request: web.Request, status: int, error: str, message: str,
                 headers: dict[str, str] | None = None) -> web.Response:
@@ -62,7 +65,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         log.log(log_level(exc) if logged else logging.DEBUG,
                 "%s %s -> %d %s: %s", request.method, request.path, exc.http_status, error,
                 exc.message)
-        response = error_reply(request, exc.http_status, error, exc.message,
+        response = error_reply(request, exc.http_status, exc.kind or error, exc.message,
                                exc.reply_headers())
         if isinstance(exc, Overloaded):
             hold_off(request, exc.retry_after_s or 1.0)
@@ -128,4 +131,4 @@ def hold_off(request: web.Request, seconds: float) -> None:
         if not transport.is_closing():
             transport.resume_reading()
 
-    asyncio.get_running_loop().call_later(seconds * (0.5 + random.random()), resume)
+    asyncio.get_running_loop().call_later(seconds * (0.5 + _jitter.random()), resume)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
@@ -10,11 +13,16 @@ from gateway.metrics import GatewayMetrics
 from gateway.rest.common import json_reply
 from gateway.rest.v2 import Readiness
 
+#: `/readyz?verbose`: the replica's readiness with every backend's and model's state.
+ReadinessReport = Callable[[], Awaitable[dict[str, Any]]]
+
 
 class OpsRoutes:
-    def __init__(self, readiness: Readiness, metrics: GatewayMetrics) -> None:
+    def __init__(self, readiness: Readiness, metrics: GatewayMetrics,
+                 report: ReadinessReport | None = None) -> None:
         self._readiness = readiness
         self._metrics = metrics
+        self._report = report
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/healthz", self.healthz), web.get("/readyz", self.readyz),
@@ -24,6 +32,16 @@ class OpsRoutes:
         return json_reply({"status": "alive"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        """Whether this replica should get traffic (what a Kubernetes readiness probe asks);
+        `?verbose` also lists each backend's models and whether they serve, with the same
+        status code (docs/deployment.md)."""
+        if "verbose" in request.query and self._report is not None:
+            report = await self._report()
+            ready = report["status"] == "ready"
+            reply = json_reply(report, status=200 if ready else 503)
+            if not ready:
+                reply.headers["Retry-After"] = "1"
+            return reply
         ready, why = await self._readiness()
         if not ready:
             raise Unavailable(f"not ready: {why}", retry_after_s=1)

@@ -14,7 +14,7 @@ from gateway.rest.common import CONFIG_KEY, INFLIGHT_KEY, PROBE_PATHS, echo_requ
 from gateway.rest.draining import close_when_draining, drain_guard
 from gateway.rest.errors import RECORDER_KEY, errors_and_metrics
 from gateway.rest.management import ManagementRoutes
-from gateway.rest.ops import OpsRoutes
+from gateway.rest.ops import OpsRoutes, ReadinessReport
 from gateway.rest.tfserving import TfServingRoutes
 from gateway.rest.torchserve import TorchServeRoutes
 from gateway.rest.tracing import server_spans
@@ -29,8 +29,8 @@ SERVER_NAME = "inference-gateway"
 
 def build_http_app(pipeline: Pipeline, config: ServerConfig, readiness: Readiness,
                    metrics: GatewayMetrics, inflight: InflightLimits,
-                   tracing: Tracing | None = None, drain: Drain | None = None
-                   ) -> web.Application:
+                   tracing: Tracing | None = None, drain: Drain | None = None,
+                   report: ReadinessReport | None = None) -> web.Application:
     drain = drain or Drain()
     middlewares: list[Middleware] = [errors_and_metrics, drain_guard(drain)]
     if tracing is not None:
@@ -49,7 +49,7 @@ def build_http_app(pipeline: Pipeline, config: ServerConfig, readiness: Readines
     app[RECORDER_KEY] = RequestRecorder(metrics, access_log=config.access_log,
                                         traced=tracing is not None)
     for route_set in (TfServingRoutes(pipeline), V2Routes(pipeline, readiness),
-                      ManagementRoutes(pipeline), OpsRoutes(readiness, metrics),
+                      ManagementRoutes(pipeline), OpsRoutes(readiness, metrics, report),
                       TorchServeRoutes(pipeline, readiness)):
         app.add_routes(route_set.routes())
     return app

@@ -14,7 +14,8 @@ entry real SavedModels carry.
 It records every request (a copy, the time left before the caller's deadline, metadata), so a
 test can assert exactly what the gateway sent. `pause()` holds calls until `resume()`,
 `fail_next()` makes calls fail with a chosen status, `serve()` / `retire()` / `set_label()`
-change what is served while it runs.
+change what is served while it runs. With `tls` it serves over TLS (and mTLS when the
+certificate names a client CA).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import asyncio
 import json
 import math
 import socket
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import grpc
@@ -143,6 +146,17 @@ class Received:
     request: Any  # a copy of the request message
     time_remaining: float | None  # seconds left before the caller's deadline; None: no deadline
     metadata: dict[str, str]
+    at: float = field(default_factory=time.monotonic)  # when it arrived
+
+
+@dataclass(frozen=True)
+class StandInTls:
+    """The stand-in's certificate and key (PEM files), and the CA client certificates must be
+    signed by (mTLS) or None."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
 
 
 @dataclass
@@ -196,8 +210,10 @@ class TfServingStandIn(prediction_service_pb2_grpc.PredictionServiceServicer,
                        model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, models: Mapping[str, Mapping[int, bytes]],
                  labels: Mapping[str, Mapping[str, int]] | None = None, *,
-                 response_encoding: Literal["fields", "content"] = "fields") -> None:
+                 response_encoding: Literal["fields", "content"] = "fields",
+                 tls: StandInTls | None = None) -> None:
         """`models`: name -> version -> ONNX model bytes; `labels`: name -> label -> version."""
+        self._tls = tls
         self._models: dict[str, _Model] = {}
         for name, versions in models.items():
             for number, onnx_model in versions.items():
@@ -252,9 +268,21 @@ class TfServingStandIn(prediction_service_pb2_grpc.PredictionServiceServicer,
         self._server = grpc.aio.server()
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self, self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.port = self._bind(self._server, self.port)
         await self._server.start()
         return self.port
+
+    def _bind(self, server: grpc.aio.Server, port: int) -> int:
+        """On `port` (0: a free one; a restart keeps the port it had)."""
+        address = f"127.0.0.1:{port}"
+        if self._tls is None:
+            return server.add_insecure_port(address)
+        ca = self._tls.client_ca_file
+        credentials = grpc.ssl_server_credentials(
+            [(self._tls.key_file.read_bytes(), self._tls.cert_file.read_bytes())],
+            root_certificates=ca.read_bytes() if ca is not None else None,
+            require_client_auth=ca is not None)
+        return server.add_secure_port(address, credentials)
 
     async def stop(self) -> None:
         self.resume()
@@ -463,11 +491,14 @@ DEFAULT_LABELS = {"tfdemo": {"stable": 1, "canary": 2}}
 
 
 def tfserving_config(*endpoints: str, models: tuple[str, ...] = ("tfdemo", "tfmulti"),
-                     adapter: str = "tf", connect_timeout_s: float = 1.0) -> str:
-    """Gateway TOML (to append to a config) routing `models` to a TF Serving adapter."""
+                     adapter: str = "tf", connect_timeout_s: float = 1.0,
+                     **pool: float | str | bool) -> str:
+    """Gateway TOML (to append to a config) routing `models` to a TF Serving adapter; `pool`:
+    more keys of its table (adapters/pool_config.py)."""
     lines = [f"[adapters.{adapter}]", 'kind = "tfserving"',
              f"endpoints = {json.dumps(list(endpoints))}",
-             f"connect_timeout_s = {connect_timeout_s}", ""]
+             f"connect_timeout_s = {connect_timeout_s}",
+             *(f"{key} = {json.dumps(value)}" for key, value in pool.items()), ""]
     for model in models:
         lines += [f"[models.{model}]", f'adapter = "{adapter}"', ""]
     return "\n".join(lines)

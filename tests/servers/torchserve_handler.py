@@ -3,7 +3,13 @@ the test archives carry, and (run as a script) the TorchScript model `tiny` serv
 
     tiny       softmax(scale * x)[:, :3] for `{"x": [[...4 floats]]}` or `[[...]]` rows, as
                `{"probabilities": [[...]]}`; declares its signature when TorchServe asks
-    failing    raises on every request (TorchServe answers "Prediction failed")
+    failing    raises on every request (TorchServe answers 503 "Prediction failed"), or with
+               a `fail-status` request header (or JSON body member: gRPC carries no headers)
+               raises PredictionException with that status (and `fail-message`)
+    echo       answers, as JSON, what it was given: each input's name, Python type and value
+               (bytes as latin-1 text) and the request headers; a `set-status` request header
+               makes it `set_response_status`, `set-content-type` answers its body as plain
+               text with that content type, `set-header-NAME` sets response header NAME
     streaming  `{"parts": n, "gate": path, "fail": bool}`: n intermediate responses
                "part i\\n", then "done"; after the first it waits until `gate` exists, so a
                test can prove the first part reached it before the handler went on, and with
@@ -22,6 +28,7 @@ from typing import Any
 
 import torch
 from ts.handler_utils.utils import send_intermediate_predict_response
+from ts.utils.util import PredictionException
 
 SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
              "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]}
@@ -61,7 +68,46 @@ def tiny(data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
 def failing(data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
     if data is None or _describing(context):
         return None if data is None else [{}]
+    try:
+        asked = _documents(data)[0]
+    except ValueError:  # not JSON: only the headers say what to do
+        asked = None
+    asked = asked if isinstance(asked, dict) else {}
+    status = context.get_request_header(0, "fail-status") or asked.get("fail-status")
+    if status:
+        message = (context.get_request_header(0, "fail-message") or asked.get("fail-message")
+                   or "failing on purpose")
+        raise PredictionException(message, int(status))
     raise ValueError("the failing handler fails on purpose")
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("latin-1")
+    return value
+
+
+def echo(data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
+    if data is None or _describing(context):
+        return None if data is None else [{}]
+    replies: list[Any] = []
+    for index, row in enumerate(data):
+        headers = dict(context.get_all_request_header(index))
+        inputs = [{"name": name, "type": type(value).__name__, "value": _shown(value)}
+                  for name, value in row.items()]
+        for name, value in headers.items():
+            if name.startswith("set-header-"):
+                context.set_response_header(index, name.removeprefix("set-header-"), value)
+        if headers.get("set-status"):
+            context.set_response_status(int(headers["set-status"]), idx=index)
+        document = {"inputs": inputs, "headers": headers}
+        content_type = headers.get("set-content-type")
+        if content_type:
+            context.set_response_content_type(index, content_type)
+            replies.append(json.dumps(document))
+        else:
+            replies.append(document)
+    return replies
 
 
 def streaming(data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:

@@ -1,8 +1,8 @@
 """A real TorchServe for the tests, from `.venv-torchserve` (`make .venv-torchserve/.installed`).
 
 `build_store` archives the test handlers (tests/servers/torchserve_handler.py) into `.mar` files
-with torch-model-archiver: `tiny` versions 1 (scale 1) and 2 (scale 2), `failing` and
-`streaming`. `TorchServe` runs one server on 127.0.0.1 with every port chosen free and set
+with torch-model-archiver: `tiny` versions 1 (scale 1) and 2 (scale 2), `failing`, `streaming`
+and `echo`. `TorchServe` runs one server on 127.0.0.1 with every port chosen free and set
 explicitly, token authorization and config snapshots off, and its temporary files (pid file,
 worker sockets, unpacked models) in its own directory, so several can run at once; `start()`
 returns when every model has a READY worker, `stop()` ends its process group. Java or torch
@@ -36,7 +36,7 @@ START_TIMEOUT_S = 180.0  # workers import torch: slow on a busy 2-core machine
 STOP_TIMEOUT_S = 30.0
 #: Versions of `tiny` and the factor each applies to x before the softmax.
 SCALES = {"1": 1.0, "2": 2.0}
-ARCHIVES = ("tiny.mar", "tiny_v2.mar", "failing.mar", "streaming.mar")
+ARCHIVES = ("tiny.mar", "tiny_v2.mar", "failing.mar", "streaming.mar", "echo.mar")
 
 
 def tiny_answer(rows: list[list[float]], version: str = "1") -> np.ndarray:
@@ -67,7 +67,7 @@ def _run(*command: str | Path, cwd: Path) -> None:
 
 
 def build_store(store: Path, work: Path) -> Path:
-    """The four archives in `store`: a TorchScript model per `tiny` version, one handler file."""
+    """The archives in `store`: a TorchScript model per `tiny` version, one handler file."""
     python, archiver = VENV / "bin" / "python", VENV / "bin" / "torch-model-archiver"
     handler = work / HANDLER.name
     shutil.copy(HANDLER, handler)
@@ -80,7 +80,7 @@ def build_store(store: Path, work: Path) -> Path:
              out / "tiny.pt", "--handler", f"{entry}:tiny", "--export-path", out, cwd=work)
         name = "tiny.mar" if version == "1" else f"tiny_v{version}.mar"
         (out / "tiny.mar").rename(store / name)
-    for name in ("failing", "streaming"):
+    for name in ("failing", "streaming", "echo"):
         _run(archiver, "--model-name", name, "--version", "1", "--handler", f"{entry}:{name}",
              "--export-path", store, cwd=work)
     return store
@@ -217,7 +217,7 @@ def _group_alive(group: int) -> bool:
     return True
 
 
-def torchserve_config(server: TorchServe, *, adapter: str = "ts", protocol: str = "grpc",
+def torchserve_config(server: TorchServe, *, adapter: str = "ts", protocol: str = "rest",
                       models: tuple[str, ...] = ("tiny",), dead: str | None = None) -> str:
     """Gateway TOML (to append) routing `models` to `server`; `tiny` gets labels stable = 1
     and canary = 2, `streaming` is declared as streaming. A `dead` "host:port" goes first in
