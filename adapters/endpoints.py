@@ -19,7 +19,9 @@ from adapters.pool.endpoint import Endpoint
 from adapters.pool.failures import ErrorMapper, by_status_code, from_grpc
 from adapters.pool.health import Probe, ProbeFailed
 from adapters.pool_config import BackendTls, PoolConfig
+from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
+from gateway.model_config import ModelConfig
 from gateway.telemetry import propagation
 
 __all__ = ["Balancer", "Endpoint", "ErrorMapper", "GrpcEndpoint", "GrpcPool", "Rpc",
@@ -160,3 +162,34 @@ class GrpcPool:
         await self.balancer.close()
         for endpoint in self.endpoints:
             await endpoint.channel.close()
+
+
+class GrpcBackend:
+    """What the gRPC kinds whose models are named in config (TF Serving, v2) share: their
+    pool, made by the kind's `start` (its probe differs) and closed here, and the models
+    config gives them. The kind supplies `infer`, metadata, status and health."""
+
+    remote = True  # gateway.backend.is_remote: readiness does not wait for it
+
+    def __init__(self, name: str, models: dict[str, ModelConfig],
+                 metrics: GatewayMetrics | None) -> None:
+        self.name = name
+        self._models = models
+        self._metrics = metrics
+        self._pool: GrpcPool | None = None
+
+    async def close(self) -> None:
+        if self._pool:
+            await self._pool.close()
+
+    @property
+    def pool(self) -> GrpcPool:
+        if self._pool is None:
+            raise GatewayError(f"adapter {self.name} is not started")
+        return self._pool
+
+    def serves(self, model: str) -> bool:
+        return model in self._models
+
+    def model_names(self) -> list[str]:
+        return sorted(self._models)

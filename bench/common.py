@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -68,3 +72,14 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
     rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":"
                           for i, w in enumerate(widths)) + "|"
     return [line(head), rule, *(line(r) for r in rows)]
+
+
+def missing_parts(tools: Iterable[str], server: Callable[[], None]) -> list[str]:
+    """What a bench needs and this machine lacks: `tools` not on PATH, and what `server` (a
+    test helper's `require_*`, which fails as a test would) says is not installed."""
+    missing = [f"{tool} is not installed" for tool in tools if not shutil.which(tool)]
+    try:
+        server()
+    except pytest.fail.Exception as exc:
+        missing.append(str(exc))
+    return missing

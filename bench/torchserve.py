@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import struct
 import subprocess
 import sys
@@ -41,8 +40,6 @@ import tempfile
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,6 +54,7 @@ from batching import (  # noqa: E402
     run_wrk,
     settle,
 )
+from common import missing_parts  # noqa: E402
 
 from tests.servers.torchserve_server import (  # noqa: E402
     TorchServe,
@@ -247,14 +245,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def preflight(args: argparse.Namespace) -> None:
-    missing = [f"{tool} is not installed" for tool in ("wrk", "h2load", "taskset")
-               if not shutil.which(tool)]
+    missing = missing_parts(("wrk", "h2load", "taskset"), require_torchserve)
     if args.profile and not py_spy():
         missing.append("py-spy is not installed (.venv/bin/pip install py-spy)")
-    try:
-        require_torchserve()
-    except pytest.fail.Exception as exc:
-        missing.append(str(exc))
     if missing:
         raise SystemExit("bench/torchserve.py: " + "; ".join(missing))
 

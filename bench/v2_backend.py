@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,7 +43,7 @@ from batching import (  # noqa: E402
     run_wrk,
     settle,
 )
-from common import markdown_table  # noqa: E402
+from common import markdown_table, missing_parts  # noqa: E402
 from torchserve import group_cpu_s, group_stats, pin_group  # noqa: E402
 
 from tests.servers.triton_server import (  # noqa: E402
@@ -163,12 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def preflight() -> None:
-    missing = [f"{tool} is not installed" for tool in ("wrk", "taskset")
-               if not shutil.which(tool)]
-    try:
-        require_triton()
-    except pytest.fail.Exception as exc:
-        missing.append(str(exc))
+    missing = missing_parts(("wrk", "taskset"), require_triton)
     if missing:
         raise SystemExit("bench/v2_backend.py: " + "; ".join(missing))
 

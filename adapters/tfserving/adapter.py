@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from adapters.endpoints import GrpcPool, Rpc, rpc_probe
+from adapters.endpoints import GrpcBackend, GrpcPool, Rpc, rpc_probe
 from adapters.tfserving.config import TfServingAdapterConfig
 from gateway.backend import configured_models_available
 from gateway.codecs import tensor_proto, tfserving_grpc
-from gateway.errors import BadRequest, GatewayError
+from gateway.errors import BadRequest
 from gateway.metrics import GatewayMetrics
 from gateway.model_config import ModelConfig
 from gateway.types import (
@@ -40,16 +40,11 @@ _status = Rpc("tensorflow.serving.ModelService", "GetModelStatus",
               model_service_pb2_grpc.ModelServiceStub)
 
 
-class TfServingAdapter:
-    remote = True
-
+class TfServingAdapter(GrpcBackend):
     def __init__(self, config: TfServingAdapterConfig, models: dict[str, ModelConfig],
                  metrics: GatewayMetrics | None = None) -> None:
-        self.name = config.name
+        super().__init__(config.name, models, metrics)
         self._config = config
-        self._models = models
-        self._metrics = metrics
-        self._pool: GrpcPool | None = None
         # (model, version, label, signature) -> signature; dropped when the version moves on
         self._signatures: dict[ModelRef, ModelMetadata] = {}
 
@@ -60,22 +55,6 @@ class TfServingAdapter:
             model_spec=tfserving_grpc.model_spec(ModelRef(min(self._models, default=""))))
         self._pool = GrpcPool(self.name, self._config.endpoints, self._config.pool,
                               probe=rpc_probe(_status, probe), metrics=self._metrics)
-
-    async def close(self) -> None:
-        if self._pool:
-            await self._pool.close()
-
-    @property
-    def pool(self) -> GrpcPool:
-        if self._pool is None:
-            raise GatewayError(f"adapter {self.name} is not started")
-        return self._pool
-
-    def serves(self, model: str) -> bool:
-        return model in self._models
-
-    def model_names(self) -> list[str]:
-        return sorted(self._models)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         ref = request.ref

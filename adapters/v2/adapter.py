@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from adapters.endpoints import GrpcPool, Rpc, rpc_probe
+from adapters.endpoints import GrpcBackend, GrpcPool, Rpc, rpc_probe
 from adapters.v2 import messages
 from adapters.v2.config import V2AdapterConfig
 from gateway.backend import configured_models_available
@@ -37,16 +37,11 @@ _server_ready = Rpc(_SERVICE, "ServerReady", _STUB)
 _server_live = Rpc(_SERVICE, "ServerLive", _STUB)
 
 
-class V2Adapter:
-    remote = True
-
+class V2Adapter(GrpcBackend):
     def __init__(self, config: V2AdapterConfig, models: dict[str, ModelConfig],
                  metrics: GatewayMetrics | None = None) -> None:
-        self.name = config.name
+        super().__init__(config.name, models, metrics)
         self._config = config
-        self._models = models
-        self._metrics = metrics
-        self._pool: GrpcPool | None = None
         # (model, version asked for) -> (expiry, signature)
         self._signatures: dict[tuple[str, str], tuple[float, ModelMetadata]] = {}
         # a reply holds no more elements than its bytes: the channel's limit bounds them
@@ -61,22 +56,6 @@ class V2Adapter:
                               probe=rpc_probe(_server_live, pb.ServerLiveRequest(),
                                               lambda reply: bool(reply.live)),
                               metrics=self._metrics)
-
-    async def close(self) -> None:
-        if self._pool:
-            await self._pool.close()
-
-    @property
-    def pool(self) -> GrpcPool:
-        if self._pool is None:
-            raise GatewayError(f"adapter {self.name} is not started")
-        return self._pool
-
-    def serves(self, model: str) -> bool:
-        return model in self._models
-
-    def model_names(self) -> list[str]:
-        return sorted(self._models)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         model, version = request.ref.model, self._version(request.ref)
