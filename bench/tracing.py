@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Tracing overhead: requests per second and server CPU per request with tracing off, and on
 at 100% sampling exporting every span over OTLP/gRPC to a local receiver (and, for scale, at
-10%, 1% and 0% sampling).
+10%, 1% and 0% sampling; with per-step spans; without the tail rules), and whether errors are
+kept whatever the ratio.
 
 The gateway serves the repository's `demo` model in-process (`POST /v2/models/demo/infer`,
 one row, v2 JSON: the cheapest request, so the relative cost of tracing is the largest) with
@@ -13,9 +14,15 @@ CPU per request comes from /proc/PID/stat (utime + stime over the measured windo
 ratio (off / on) is the throughput ratio a CPU-bound server would see, and it is steadier than
 req/s when other work shares the machine.
 
+After each traced run, ERRORS requests fail on purpose (a deadline already past: 504) with a
+`traceparent` the ratio would drop (flag 00, trace id's low bits at the top); the receiver
+reports which of their traces arrived: `errors kept` must be all of them in every mode that
+keeps errors (`keep_errors`, the default). Their spans are not counted in spans/req.
+
     .venv/bin/python bench/tracing.py                 # 3 rounds x 8 s per mode, ~2.5 min
     .venv/bin/python bench/tracing.py --rounds 1 --seconds 4
     .venv/bin/python bench/tracing.py --json /tmp/tracing.json
+    .venv/bin/python bench/tracing.py --modes off,on-100%,on-10%   # the issue-13 targets
     .venv/bin/python bench/tracing.py --baseline /tmp/old  # + tracing off in another checkout
                                                              # (e.g. `git worktree add` of the
                                                              # commit before tracing)
@@ -49,13 +56,24 @@ LUA = ROOT / "bench" / "wrk" / "infer.lua"
 BODY = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
 TICKS = os.sysconf("SC_CLK_TCK")
 BASELINE = "baseline"  # tracing off, in the --baseline checkout
-MODES = {  # name -> environment of the gateway
-    "off": {},
-    "on-100%": {"OTEL_TRACES_SAMPLER": "always_on"},
-    "on-10%": {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
-    "on-1%": {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
-    "on-0%": {"OTEL_TRACES_SAMPLER": "always_off"},  # the price of the machinery alone
+TAIL = "slow_ms = 100\n"  # keep_errors is on by default
+MODES = {  # name -> the gateway's environment, its [tracing] table
+    "off": ({}, ""),
+    "on-100%": ({"OTEL_TRACES_SAMPLER": "always_on"}, TAIL),
+    "on-10%": ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}, TAIL),
+    "on-1%": ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}, TAIL),
+    # errors and slow requests only: the price of recording every request for the tail rules
+    "on-0%": ({"OTEL_TRACES_SAMPLER": "always_off"}, TAIL),
+    # the head decision alone (no tail rules): an unsampled request records nothing
+    "head-10%": ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+                 "keep_errors = false\n"),
+    # every step a span, as issue 6 traced (`detail = "steps"`)
+    "steps-100%": ({"OTEL_TRACES_SAMPLER": "always_on"}, 'detail = "steps"\n' + TAIL),
 }
+ERRORS = 20
+#: the failing requests' trace ids: this prefix, the run's number, low 64 bits no ratio keeps
+ERROR_PREFIX = "e" * 8
+RUNS = iter(range(1 << 32))
 
 
 @dataclass
@@ -66,6 +84,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     spans_per_request: float  # as counted by the receiver
+    errors_kept: int  # of ERRORS failing requests the ratio would drop; -1: not traced
 
 
 def free_port() -> int:
@@ -80,7 +99,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=2) as reply:
+    with urllib.request.urlopen(url, timeout=30) as reply:
         return str(reply.read().decode())
 
 
@@ -137,13 +156,18 @@ def wrk(url: str, body: Path, connections: int, seconds: float) -> dict[str, flo
 def measure(mode: str, workdir: Path, receiver: int, args: argparse.Namespace) -> Run:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    if mode in MODES and mode != "off":
+    traced = mode in MODES and mode != "off"
+    config = workdir / "gateway.toml"
+    if traced:
+        variables, table = MODES[mode]
         env |= {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver}", **MODES[mode]}
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver}", **variables}
+        config = workdir / f"gateway-{mode.replace('%', '')}.toml"
+        config.write_text(f"{(workdir / 'gateway.toml').read_text()}\n[tracing]\n{table}")
     log = (workdir / "gateway.log").open("ab")
     gateway = subprocess.Popen(
         ["taskset", "-c", "0", sys.executable, "-m", "gateway", "serve", "--config",
-         str(workdir / "gateway.toml"), "--http-port", str(port)],
+         str(config), "--http-port", str(port)],
         cwd=ROOT if mode in MODES else args.baseline, env=env, stdout=log, stderr=log,
         start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -156,14 +180,35 @@ def measure(mode: str, workdir: Path, receiver: int, args: argparse.Namespace) -
         cpu_before = cpu_seconds(gateway.pid)
         result = wrk(url, workdir / "body.json", args.connections, args.seconds)
         cpu = cpu_seconds(gateway.pid) - cpu_before
+        run = next(RUNS)
+        failing = [f"{ERROR_PREFIX}{run:08x}{2**64 - 1 - n:016x}" for n in range(ERRORS)]
+        for trace_id in failing if traced else ():
+            fail(url, trace_id)
     finally:
         gateway.send_signal(signal.SIGTERM)  # flushes the spans still queued
         gateway.wait(30)
         log.close()
     requests = result["requests"]
     spans = int(get(f"http://127.0.0.1:{receiver + 1}/")) - spans_before
+    kept = sum(get(f"http://127.0.0.1:{receiver + 1}/{t}") == "1" for t in failing
+               ) if traced else -1
     return Run(mode, requests / result["duration_us"] * 1e6, cpu / requests * 1e6,
-               result["p50_us"] / 1000, result["p99_us"] / 1000, spans / requests)
+               result["p50_us"] / 1000, result["p99_us"] / 1000, spans / requests, kept)
+
+
+def fail(url: str, trace_id: str) -> None:
+    """A request that fails (504: its deadline passed before the model ran) in a trace the
+    ratio would not keep."""
+    request = urllib.request.Request(url, BODY, {
+        "Content-Type": "application/json", "X-Request-Timeout-Ms": "0.000001",
+        "traceparent": f"00-{trace_id}-00f067aa0ba902b7-00"})
+    try:
+        urllib.request.urlopen(request, timeout=30).close()
+    except urllib.error.HTTPError as error:
+        if error.code == 504:
+            return
+        raise
+    raise RuntimeError("a request meant to fail succeeded")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,13 +221,20 @@ async def receive(port: int) -> None:
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
     count = [0]
+    failed: set[str] = set()  # the trace ids of the failing requests (ERROR_PREFIX)
+    prefix = bytes.fromhex(ERROR_PREFIX)
 
     class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         async def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,
                          context: grpc.aio.ServicerContext
                          ) -> trace_service_pb2.ExportTraceServiceResponse:
-            count[0] += sum(len(scope.spans) for resource in request.resource_spans
-                            for scope in resource.scope_spans)
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    for span in scope.spans:
+                        if span.trace_id.startswith(prefix):
+                            failed.add(span.trace_id.hex())
+                        else:
+                            count[0] += 1
             return trace_service_pb2.ExportTraceServiceResponse()
 
     server = grpc.aio.server()
@@ -194,7 +246,11 @@ async def receive(port: int) -> None:
     async def spans(_: web.Request) -> web.Response:
         return web.Response(text=str(count[0]))
 
+    async def kept(request: web.Request) -> web.Response:
+        return web.Response(text="1" if request.match_info["trace"] in failed else "0")
+
     app.router.add_get("/", spans)
+    app.router.add_get("/{trace}", kept)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port + 1).start()
@@ -239,6 +295,9 @@ def main() -> int:
             receiver.wait(10)
         dropped = (workdir / "gateway.log").read_text().count("Queue full")
     report(runs, dropped, args)
+    print("\nPer request, in-process (bench/tracing_parts.py, pinned to the gateway's core):\n")
+    subprocess.run(["taskset", "-c", "0", sys.executable, str(ROOT / "bench" / "tracing_parts.py")],
+                   check=True)
     return 0
 
 
@@ -248,16 +307,18 @@ def report(runs: list[Run], dropped: int, args: argparse.Namespace) -> None:
         mine = [r for r in runs if r.mode == mode]
         medians[mode] = {field: statistics.median(getattr(r, field) for r in mine)
                          for field in ("rps", "cpu_us", "p50_ms", "p99_ms", "spans_per_request")}
+        medians[mode]["errors_kept"] = min(r.errors_kept for r in mine)
     off = medians["off"] if "off" in medians else next(iter(medians.values()))
     print(f"demo model, v2 JSON, wrk -c{args.connections}, {args.rounds} x {args.seconds:g} s "
           f"per mode, medians; 'Queue full' (dropped spans) log lines: {dropped}\n")
     print("| tracing | req/s | req/s vs off | server CPU µs/req | CPU-bound req/s vs off "
-          "| p50 ms | p99 ms | spans/req exported |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"| p50 ms | p99 ms | spans/req exported | errors kept (of {ERRORS}, worst run) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for mode, m in medians.items():
+        kept = "-" if m["errors_kept"] < 0 else f"{m['errors_kept']:.0f}"
         print(f"| {mode} | {m['rps']:.0f} | {m['rps'] / off['rps']:.2f} | {m['cpu_us']:.0f} | "
               f"{off['cpu_us'] / m['cpu_us']:.2f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
-              f"{m['spans_per_request']:.2f} |")
+              f"{m['spans_per_request']:.2f} | {kept} |")
     if args.json:
         args.json.write_text(json.dumps({"runs": [asdict(r) for r in runs],
                                          "medians": medians, "dropped_lines": dropped},

@@ -161,7 +161,8 @@ KNOWN_KEYS = {
     "policies": ("[policies]\n" + TYPO,
                  "directory poll_interval_s history mirror_max_in_flight redis_key"),
     "tracing": ("[tracing]\n" + TYPO,
-                "exporter protocol endpoint service_name sampler sampler_arg"),
+                "exporter protocol endpoint service_name sampler sampler_arg detail "
+                "keep_errors slow_ms"),
 }
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
 
 from gateway.config import ConfigError, load_config
 from gateway.telemetry.config import TracingConfig, parse_tracing_config
@@ -33,6 +32,13 @@ def test_the_file_configures_an_otlp_exporter() -> None:
                    'sampler = "parentbased_traceidratio"\nsampler_arg = 0.25\n')
     assert config == TracingConfig(("otlp",), "http/protobuf", "http://collector:4318/v1/traces",
                                    "edge", "parentbased_traceidratio", 0.25)
+
+
+def test_the_detail_and_the_tail_rules_come_from_the_file() -> None:
+    assert (TracingConfig().detail, TracingConfig().keep_errors, TracingConfig().slow_ms) == (
+        "request", True, 0.0)
+    config = parse('[tracing]\ndetail = "steps"\nkeep_errors = false\nslow_ms = 250\n')
+    assert (config.detail, config.keep_errors, config.slow_ms) == ("steps", False, 250.0)
 
 
 def test_the_environment_wins_over_the_file() -> None:
@@ -70,6 +76,11 @@ def test_the_sdk_can_be_disabled_and_none_turns_tracing_off() -> None:
      "gateway.toml:2: tracing.sampler_arg: expected a ratio between 0 and 1, got 1.5"),
     ('[tracing]\nexporter = "otlp"\nheaders = "x"\n',
      "gateway.toml:3: tracing.headers: unknown key"),
+    ('[tracing]\nexporter = "otlp"\ndetail = "spans"\n',
+     "gateway.toml:3: tracing.detail: expected one of 'request', 'steps', got 'spans'"),
+    ('[tracing]\nslow_ms = -5\n', "gateway.toml:2: tracing.slow_ms: "),
+    ('[tracing]\nkeep_errors = "yes"\n',
+     "gateway.toml:2: tracing.keep_errors: expected true or false, got 'yes'"),
 ])
 def test_a_bad_key_names_its_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.")):
@@ -90,18 +101,15 @@ def test_a_bad_variable_is_named(name: str, value: str, expected: str) -> None:
     assert str(raised.value).endswith(f"got {value!r}")
 
 
-def test_the_provider_follows_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_tracing_follows_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
     tracing = build_tracing(TracingConfig(("console",), service_name="edge",
-                                          sampler="parentbased_traceidratio", sampler_arg=0.1))
+                                          sampler="parentbased_traceidratio", sampler_arg=0.1,
+                                          detail="steps"))
     assert tracing is not None
-    provider = tracing.provider
-    assert isinstance(provider, TracerProvider)
-    assert provider.resource.attributes["service.name"] == "edge"
-    assert provider.resource.attributes["deployment.environment"] == "test"
-    assert provider.sampler.get_description().startswith(
-        "ParentBased{root:TraceIdRatioBased{0.1}")
-    provider.shutdown()
+    assert tracing.resource.attributes["service.name"] == "edge"
+    assert tracing.resource.attributes["deployment.environment"] == "test"
+    assert tracing.tracer.steps
 
 
 def test_a_resource_attribute_service_name_wins_over_the_file(
@@ -109,5 +117,5 @@ def test_a_resource_attribute_service_name_wins_over_the_file(
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-env")
     tracing = build_tracing(TracingConfig(("console",), service_name="edge"))
     assert tracing is not None
-    assert tracing.provider.resource.attributes["service.name"] == "from-env"
-    tracing.provider.shutdown()
+    assert tracing.resource.attributes["service.name"] == "from-env"
+    assert not tracing.tracer.steps  # detail = "request" by default

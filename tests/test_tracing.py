@@ -40,6 +40,20 @@ V2_BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data":
 CALLER_SPAN = "00f067aa0ba902b7"
 
 
+@pytest.fixture
+def make_client(make_client: Callable[..., Any]) -> Callable[..., Any]:
+    """conftest's, with `detail = "steps"` unless the test configures `[tracing]`: these tests
+    assert the per-step spans (tests/test_tracing_sampler.py covers the default detail)."""
+
+    async def make(extra: str = "", **kwargs: str) -> TestClient:
+        if "[tracing]" not in extra:
+            extra += '\n[tracing]\ndetail = "steps"\n'
+        client: TestClient = await make_client(extra, **kwargs)
+        return client
+
+    return make
+
+
 def traceparent(trace_id: str) -> str:
     return f"00-{trace_id}-{CALLER_SPAN}-01"
 

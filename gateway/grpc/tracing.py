@@ -7,7 +7,8 @@ Not opentelemetry-instrumentation-grpc's interceptor: its current release (0.66b
 emits the conventions from before v1.21 (`net.peer.*`, `rpc.service` beside a short
 `rpc.method`, an integer `rpc.grpc.status_code`, a leading slash in the span name) and has no
 OTEL_SEMCONV_STABILITY_OPT_IN for RPC; a span processor could add the current attributes but
-not remove the old ones. The server adds this interceptor only when tracing is on.
+not remove the old ones. The attributes are set only on a span that is exported
+(`spans.when_kept`). The server adds this interceptor only when tracing is on.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from gateway.telemetry import propagation
+from gateway.telemetry import propagation, spans
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -66,10 +67,10 @@ class ServerSpans(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is 
     def _traced(self, behavior: Behavior, method: str,
                 parent: otel_context.Context) -> Behavior:
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            span = self._tracer.start_span(
-                method, context=parent, kind=SpanKind.SERVER,
-                attributes={"rpc.system.name": "grpc", "rpc.method": method,
-                            **peer_attributes(context.peer())})
+            span = self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
+            spans.when_kept(span, lambda kept: kept.set_attributes({
+                "rpc.system.name": "grpc", "rpc.method": method,
+                **peer_attributes(context.peer())}))
             token = otel_context.attach(trace.set_span_in_context(span))
             failure: BaseException | None = None
             try:

@@ -1,8 +1,9 @@
 """The REST server span: one per request, continuing the caller's `traceparent`, named and
 attributed per the HTTP semantic conventions (docs/observability.md says which version):
 `METHOD route`, the route as the dialect names it (`/v1/models/{model}:predict`, not aiohttp's
-catch-all `/v1/models/{tail}`). Outside `errors_and_metrics`, so it sees the status every reply
-goes out with, and the error log and access line see the trace.
+catch-all `/v1/models/{tail}`), set only on a span that is exported (`spans.when_kept`), so a
+request that is not kept costs no attribute work. Outside `errors_and_metrics`, so it sees the
+status every reply goes out with, and the error log and access line see the trace.
 
 Not opentelemetry-instrumentation-aiohttp-server: its middleware reads module globals that only
 its instrumentor sets (by replacing `web.Application` process-wide, on the global tracer
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
@@ -40,12 +41,9 @@ def server_spans(tracer: Tracer, untraced: frozenset[str] = PROBE_PATHS) -> Midd
     async def server_span(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in untraced:
             return await handler(request)
-        attributes = request_attributes(request)
-        method = "HTTP" if attributes["http.request.method"] == "_OTHER" else request.method
-        route = attributes.get("http.route")
-        span = tracer.start_span(f"{method} {route}" if route else method,
-                                 context=propagation.extract(request.headers),
-                                 kind=SpanKind.SERVER, attributes=attributes)
+        span = tracer.start_span(request.method, context=propagation.extract(request.headers),
+                                 kind=SpanKind.SERVER)
+        spans.when_kept(span, lambda kept: describe(kept, request))
         token = spans.bind(tracer)
         try:
             with spans.Scope(span, current=True):
@@ -59,6 +57,15 @@ def server_spans(tracer: Tracer, untraced: frozenset[str] = PROBE_PATHS) -> Midd
             spans.unbind(token)
 
     return server_span
+
+
+def describe(span: Span, request: web.Request) -> None:
+    """Names and attributes a kept server span (`METHOD route`), once, as it is exported."""
+    attributes = request_attributes(request)
+    method = "HTTP" if attributes["http.request.method"] == "_OTHER" else request.method
+    route = attributes.get("http.route")
+    span.update_name(f"{method} {route}" if route else method)
+    span.set_attributes(attributes)
 
 
 def request_attributes(request: web.Request) -> dict[str, AttributeValue]:

@@ -12,6 +12,7 @@ from gateway.tomlconfig import ConfigError, Table
 
 EXPORTERS = ("otlp", "console", "none")
 PROTOCOLS = ("grpc", "http/protobuf")
+DETAILS = ("request", "steps")
 SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
             "parentbased_always_off", "parentbased_traceidratio")
 _DEFAULT_ENDPOINTS = {"grpc": "http://localhost:4317", "http/protobuf": "http://localhost:4318"}
@@ -25,6 +26,9 @@ class TracingConfig:
     service_name: str = "inference-gateway"
     sampler: str = "parentbased_always_on"
     sampler_arg: float = 1.0  # the ratio of the *traceidratio samplers
+    detail: str = "request"  # "request": server and backend client spans; "steps": every step
+    keep_errors: bool = True  # a request with an error span is exported whatever the sampler says
+    slow_ms: float = 0.0  # so is one that took at least this long; 0: none for being slow
 
     @property
     def enabled(self) -> bool:
@@ -32,7 +36,8 @@ class TracingConfig:
 
 
 def parse_tracing_config(t: Table, environ: Mapping[str, str] = os.environ) -> TracingConfig:
-    t.expect(("exporter", "protocol", "endpoint", "service_name", "sampler", "sampler_arg"))
+    t.expect(("exporter", "protocol", "endpoint", "service_name", "sampler", "sampler_arg",
+              "detail", "keep_errors", "slow_ms"))
     d = TracingConfig()
     exporter = t.text("exporter", "none", choices=EXPORTERS)
     protocol = t.text("protocol", d.protocol, choices=PROTOCOLS)
@@ -42,6 +47,9 @@ def parse_tracing_config(t: Table, environ: Mapping[str, str] = os.environ) -> T
     sampler_arg = t.number("sampler_arg", d.sampler_arg, minimum=0)
     if sampler_arg > 1:
         raise t.error("sampler_arg", f"expected a ratio between 0 and 1, got {sampler_arg}")
+    detail = t.text("detail", d.detail, choices=DETAILS)
+    keep_errors = t.flag("keep_errors", d.keep_errors)
+    slow_ms = t.number("slow_ms", d.slow_ms, minimum=0)
     t.finish()
 
     env = _Environment(environ)
@@ -58,6 +66,7 @@ def parse_tracing_config(t: Table, environ: Mapping[str, str] = os.environ) -> T
         service_name=environ.get("OTEL_SERVICE_NAME") or service_name,
         sampler=env.choice("OTEL_TRACES_SAMPLER", SAMPLERS, sampler),
         sampler_arg=env.ratio("OTEL_TRACES_SAMPLER_ARG", sampler_arg),
+        detail=detail, keep_errors=keep_errors, slow_ms=slow_ms,
     )
 
 

@@ -30,11 +30,15 @@ from opentelemetry.util.types import Attributes
 from gateway.telemetry import request_ids, spans
 
 _W3C: Final = TraceContextTextMapPropagator()
+_TRACEPARENT: Final = "traceparent"
+_EMPTY: Final = context.Context()
 _GRPC_OK: Final = MappingProxyType({"rpc.response.status_code": "OK"})
 
 
 def extract(headers: Mapping[str, str]) -> context.Context:
     """The caller's trace context (an empty one when it sent none or a malformed one)."""
+    if _TRACEPARENT not in headers:  # most callers: skip the propagator's getter and context
+        return _EMPTY
     return _W3C.extract(headers)
 
 

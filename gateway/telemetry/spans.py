@@ -6,6 +6,9 @@ there, so adapters and steps need no tracer passed in. Untraced (tracing off, or
 around) every helper returns a shared no-op at the cost of one context-variable read; so it
 does inside a request the sampler dropped (its children would be dropped too).
 
+With `detail = "request"` (the gateway's `RequestTracer.steps` false) the steps make no spans
+and the batcher links nothing: a request is its server span and its backend client spans.
+
 Spans are ended by small context managers rather than `start_as_current_span` (a generator,
 twice the cost), and only spans that have children become the current span.
 """
@@ -13,7 +16,7 @@ twice the cost), and only spans that have children become the current span.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Final
@@ -22,6 +25,8 @@ from opentelemetry import context, trace
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanContext, SpanKind, Tracer
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import Attributes
+
+from gateway.telemetry.recorder import Recorded, RequestTracer
 
 _TRACER: ContextVar[Tracer | None] = ContextVar("gateway_tracer", default=None)
 _EMPTY: Final = context.Context()
@@ -78,18 +83,34 @@ def step(name: str, attributes: Attributes = None, *, kind: SpanKind = SpanKind.
          current: bool = False) -> ScopeOrOff:
     """A child of the current span around one step of the request."""
     traced = _TRACER.get()
-    if traced is None or not trace.get_current_span().is_recording():
+    if traced is None or not _steps(traced) or not trace.get_current_span().is_recording():
         return OFF
     return Scope(traced.start_span(name, kind=kind, attributes=attributes), current=current)
 
 
+def _steps(traced: Tracer) -> bool:
+    """Whether steps get spans: `detail = "steps"`, or a tracer not the gateway's (a test's)."""
+    return not isinstance(traced, RequestTracer) or traced.steps
+
+
 def current_span_context() -> SpanContext | None:
-    """The current span's context, to link to later (the batcher does); None unless it is
-    recorded."""
-    if _TRACER.get() is None:
+    """The current span's context, to link to later (the batcher does); None unless steps are
+    traced and the request is sampled (a request kept only when it ends is not linked: the
+    batch span cannot wait for that)."""
+    traced = _TRACER.get()
+    if traced is None or not _steps(traced):
         return None
-    span = trace.get_current_span()
-    return span.get_span_context() if span.is_recording() else None
+    span_context = trace.get_current_span().get_span_context()
+    return span_context if span_context.trace_flags.sampled else None
+
+
+def when_kept(span: Span, fill: Callable[[Span], None]) -> None:
+    """Runs `fill` (what only an exported span needs: the server span's name and its many
+    attributes) when `span` is exported; never for a request that is dropped."""
+    if isinstance(span, Recorded):
+        span.fill = fill
+    elif span.is_recording():
+        fill(span)
 
 
 def batch(name: str, links: Sequence[Link], attributes: Attributes) -> ScopeOrOff:
