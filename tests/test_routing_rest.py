@@ -170,7 +170,7 @@ adapter = "dead"
 variant = "still-dead"
 """, tfserving_config(dead_address(), models=(), adapter="dead"))
     served = await predict(client, "demo")
-    assert served.status == 503 and "backend dead" in str(served.body["error"])
+    assert served.status == 503 and served.body["error"] == "the model's backend is unavailable"
     assert served.variant is None
 
 
