@@ -62,7 +62,19 @@ class Pipeline:
     async def infer(self, request: InferRequest) -> InferResponse:
         context = request.context
         routed = await self._admit(context, Verb.PREDICT, request.ref)
-        targets = routed.candidates()  # the chosen target, then the route's fallbacks
+        # one deadline for the rest (signature, decode, limiter, backends, fallbacks): a timer
+        # per step cost more than the steps that never wait
+        response = await within_deadline(self._serve(request, routed.candidates()), context)
+        if response.variant is not None:
+            context.reply_headers[VARIANT_HEADER] = response.variant
+        context.version, context.variant = response.version, response.variant or ""
+        response.id = request.id
+        if routed.mirror is not None:
+            self._mirror.send(request, response, routed.mirror, self.prepare)
+        return response
+
+    async def _serve(self, request: InferRequest, targets: Sequence[Target]) -> InferResponse:
+        """The answer of the first target available: the chosen one, then the fallbacks."""
         charged = 0  # rows the limiter has admitted so far
         for served, target in enumerate(targets):
             fallible = served < len(targets) - 1
@@ -80,30 +92,25 @@ class Pipeline:
                 charged = rows
             try:
                 response = await self._call_adapter(request, target)
-                break
             except Unavailable as exc:
                 if not fallible:
                     raise
                 self._fell_back(target, exc)
-        response.variant = targets[served].variant
-        if response.variant is not None:
-            context.reply_headers[VARIANT_HEADER] = response.variant
-        context.version, context.variant = response.version, response.variant or ""
-        response.id = request.id
-        if routed.mirror is not None:
-            self._mirror.send(request, response, routed.mirror, self.prepare)
-        return response
+                continue
+            response.variant = target.variant
+            return response
+        raise AssertionError("the last target answers or raises")
 
     async def prepare(self, request: InferRequest, target: Target) -> None:
         """Make `request` what `target` takes: the client's body as it is for a body-passing
         backend, else tensors decoded with the target's own signature (an answer to
-        `model_metadata`, so a backend that is down shows as `Unavailable` here)."""
+        `model_metadata`, so a backend that is down shows as `Unavailable` here). The caller
+        bounds it in time."""
         request.ref = target.ref
         if request.decoder is None or (request.body is not None
                                        and passes_body(target.adapter)):
             return
-        signature = await within_deadline(target.adapter.model_metadata(target.ref),
-                                          request.context)
+        signature = await target.adapter.model_metadata(target.ref)
         request.inputs = await decode(request, signature)
 
     async def metadata(self, ref: ModelRef, context: RequestContext) -> ModelMetadata:
@@ -162,7 +169,7 @@ class Pipeline:
     async def _call_adapter(self, request: InferRequest, target: Target) -> InferResponse:
         started = time.perf_counter()
         try:
-            return await within_deadline(target.adapter.infer(request), request.context)
+            return await target.adapter.infer(request)
         finally:
             metrics = self._metrics
             metrics.backend_latency.labels(target.adapter.name, metrics.model_label(
