@@ -49,12 +49,6 @@ def request_id_of(request: web.Request) -> str:
     return request_id
 
 
-async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """An `on_response_prepare` hook: every reply, errors and streams included, carries the
-    request's id."""
-    response.headers[request_ids.HEADER] = request_id_of(request)
-
-
 def context_of(request: web.Request, frontend: str, model: str | None = None) -> RequestContext:
     """The call's context; a client may shorten (never lengthen) the configured timeout."""
     config = request.app[CONFIG_KEY]

@@ -5,7 +5,6 @@ every reply carries `Connection: close`, so keep-alive clients reconnect elsewhe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
@@ -15,7 +14,6 @@ from gateway.errors import ShuttingDown
 from gateway.rest.errors import Handler
 
 _PREPARED = web.RequestKey("reply_prepared", bool)  # its head went out: no 503 possible
-ResponsePrepare = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 
 def drain_guard(drain: Drain) -> Middleware:
@@ -36,14 +34,10 @@ def drain_guard(drain: Drain) -> Middleware:
     return guard
 
 
-def close_when_draining(drain: Drain) -> ResponsePrepare:
-    """An `on_response_prepare` hook."""
-
-    async def prepare(request: web.Request, response: web.StreamResponse) -> None:
-        request[_PREPARED] = True
-        if drain.closing:
-            # aiohttp computed the head's Connection header before this hook: set it too
-            response.force_close()
-            response.headers[hdrs.CONNECTION] = "close"
-
-    return prepare
+def on_reply_head(request: web.Request, response: web.StreamResponse, drain: Drain) -> None:
+    """Called as a reply's head is prepared (`gateway.rest.server.reply_head`)."""
+    request[_PREPARED] = True
+    if drain.closing:
+        # aiohttp computed the head's Connection header before this hook: set it too
+        response.force_close()
+        response.headers[hdrs.CONNECTION] = "close"

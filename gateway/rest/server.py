@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
@@ -10,8 +12,8 @@ from gateway.config import ServerConfig
 from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
-from gateway.rest.common import CONFIG_KEY, INFLIGHT_KEY, PROBE_PATHS, echo_request_id
-from gateway.rest.draining import close_when_draining, drain_guard
+from gateway.rest.common import CONFIG_KEY, INFLIGHT_KEY, PROBE_PATHS, request_id_of
+from gateway.rest.draining import drain_guard, on_reply_head
 from gateway.rest.errors import RECORDER_KEY, errors_and_metrics
 from gateway.rest.management import ManagementRoutes
 from gateway.rest.ops import OpsRoutes, ReadinessReport
@@ -19,6 +21,7 @@ from gateway.rest.tfserving import TfServingRoutes
 from gateway.rest.torchserve import TorchServeRoutes
 from gateway.rest.tracing import server_spans
 from gateway.rest.v2 import Readiness, V2Routes
+from gateway.telemetry import request_ids
 from gateway.telemetry.requests import RequestRecorder
 from gateway.telemetry.setup import Tracing
 
@@ -41,9 +44,7 @@ def build_http_app(pipeline: Pipeline, config: ServerConfig, readiness: Readines
     # never by the parser as they arrive (a 0.5 MB gzip bomb inflated on the loop in one go).
     app = web.Application(middlewares=middlewares, handler_args={"auto_decompress": False},
                           client_max_size=max(config.max_body_bytes, config.max_upload_bytes))
-    app.on_response_prepare.append(close_when_draining(drain))
-    app.on_response_prepare.append(echo_request_id)
-    app.on_response_prepare.append(name_the_server)
+    app.on_response_prepare.append(reply_head(drain))
     app[CONFIG_KEY] = config
     app[INFLIGHT_KEY] = inflight
     app[RECORDER_KEY] = RequestRecorder(metrics, access_log=config.access_log,
@@ -55,6 +56,15 @@ def build_http_app(pipeline: Pipeline, config: ServerConfig, readiness: Readines
     return app
 
 
-async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
-    """An `on_response_prepare` hook: it runs after aiohttp set its default `Server`."""
-    response.headers[hdrs.SERVER] = SERVER_NAME
+def reply_head(drain: Drain) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """The one `on_response_prepare` hook (each hook is a coroutine per reply). It runs after
+    aiohttp set its default `Server`, for every reply, errors and streams included: each
+    carries the request's id."""
+
+    async def prepare(request: web.Request, response: web.StreamResponse) -> None:
+        on_reply_head(request, response, drain)
+        headers = response.headers
+        headers[request_ids.HEADER] = request_id_of(request)
+        headers[hdrs.SERVER] = SERVER_NAME
+
+    return prepare
