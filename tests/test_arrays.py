@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 from typing import Any
+from unittest import mock
 
 import ml_dtypes
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.codecs import jsonio
+from gateway.codecs import arrays, jsonio
 from gateway.codecs.arrays import flat_bytes, from_array, nested_shape, to_array
 from gateway.dtypes import BY_V2, BYTES
 from gateway.errors import BadRequest
@@ -325,3 +328,71 @@ def test_bytes_round_trip_through_b64() -> None:
     raw = [b"\x00", b"\xff\xfe", b"plain"]
     array = to_array([{"b64": base64.b64encode(r).decode()} for r in raw], BYTES, "s")
     assert to_array(from_array(array, b64=True), BYTES, "s").tolist() == raw
+
+
+# --- to_array: the plain-numbers fast path against the careful path -------------------------
+
+_EDGES = [0.0, -0.0, 0.1, 65504.0, 65505.0, 65520.0, 3.4028234663852886e38, 3.5e38, 1e300,
+          2.0**24 - 1, 2.0**24, 2**11 + 1, 2**24 - 1, 2**24, 2**24 + 1, 2**53 - 1, 2**53,
+          2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 255, 256, -129, 127,
+          float("nan"), float("inf"), float("-inf")]
+_LEAVES = {
+    "floats": st.floats(width=64) | st.sampled_from([e for e in _EDGES if type(e) is float]),
+    "ints": st.integers(-300, 300) | st.integers() | st.sampled_from(
+        [e for e in _EDGES if type(e) is int]),
+    "bools": st.booleans(),
+    # the fast path's usual cases
+    "small": st.floats(-1000, 1000) | st.integers(-100, 100),
+    "small ints": st.integers(0, 100),
+    "small floats": st.floats(-1000, 1000),
+}
+_LEAVES["numbers"] = _LEAVES["floats"] | _LEAVES["ints"]
+_LEAVES["anything"] = _LEAVES["numbers"] | st.booleans() | st.sampled_from(
+    [None, "1", {"b64": "AA=="}, [1.0]])
+
+
+@st.composite
+def _json_numbers(draw: st.DrawFn) -> Any:
+    """Scalars, lists, lists of rows and of matrices (sometimes ragged) of one family of
+    leaves."""
+    leaf = _LEAVES[draw(st.sampled_from(sorted(_LEAVES)))]
+    form = draw(st.sampled_from(["scalar", "list", "rows", "ragged rows", "matrices"]))
+    if form == "scalar":
+        return draw(leaf)
+    if form == "list":
+        return draw(st.lists(leaf, max_size=6))
+    width = draw(st.integers(0, 4))
+    rows = st.lists(leaf, min_size=width, max_size=width)
+    if form == "ragged rows":
+        rows = rows | st.lists(leaf, max_size=5) | leaf
+    if form == "matrices":
+        height = draw(st.integers(1, 3))
+        rows = st.lists(rows, min_size=height, max_size=height) | st.lists(rows, max_size=3)
+    return draw(st.lists(rows, min_size=1, max_size=4))
+
+
+# the likeliest first: Hypothesis draws early elements more often
+_NUMERIC = ("FP32", "INT64", "FP64", "INT32", "FP16", "BOOL", "UINT8", "INT8", "INT16",
+            "UINT16", "UINT32", "UINT64", "BF16")
+
+
+def _outcome(value: Any, v2: str) -> tuple[Any, ...]:
+    try:
+        array = to_array(value, BY_V2[v2], "x")
+    except BadRequest as exc:
+        return "refused", exc.message
+    return array.dtype, array.shape, array.tobytes()
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True, database=None)
+@given(_json_numbers(), st.sampled_from(_NUMERIC))
+def test_plain_numbers_fast_path_matches_the_careful_path(value: Any, v2: str) -> None:
+    fast = _outcome(value, v2)
+    with mock.patch.object(arrays, "_PLAIN_MAX_ELEMENTS", -1):  # the careful path only
+        careful = _outcome(value, v2)
+    assert fast == careful
+
+
+def test_plain_numbers_take_the_fast_path() -> None:
+    assert arrays._plain_numbers([[0.5, -1.25, 2.0, 0.75]], (1, 4), 4, BY_V2["FP32"]) is not None
+    assert arrays._plain_numbers([3, 4], (2,), 2, BY_V2["INT64"]) is not None

@@ -11,6 +11,7 @@ little-endian length (Triton's client convention).
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -25,7 +26,11 @@ from gateway.errors import BadRequest, NotFound
 from gateway.types import InferResponse, ModelMetadata, ModelRef, TensorSpec, VersionStatus
 from protos.inference import grpc_service_pb2 as pb
 from protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from protos.tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+from protos.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    predict_pb2,
+)
 
 ALL_DTYPES = list(BY_V2.values())
 
@@ -88,6 +93,36 @@ def test_every_dtype_round_trips_through_a_tensor_proto(dtype: DType) -> None:
 def test_scalars_and_empty_tensors_round_trip() -> None:
     for array in (np.float32(2.5).reshape(()), np.zeros((0, 4), np.int64)):
         message = tensor_proto.from_array(array)
+        same(tensor_proto.to_array(message, "t"), array)
+
+
+def test_strided_arrays_go_out_in_c_order() -> None:
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)[:, ::2, 1:].transpose(2, 0, 1)
+    message = tensor_proto.from_array(array)
+    assert message.tensor_content == np.ascontiguousarray(array, dtype="<f4").tobytes()
+    same(tensor_proto.to_array(message, "t"), array)
+
+
+def test_a_shape_shared_between_messages_is_copied_not_shared() -> None:
+    first = tensor_proto.from_array(np.zeros((2, 3), np.float32))
+    first.tensor_shape.dim[0].size = 7  # a caller's change to its own message
+    second = tensor_proto.from_array(np.zeros((2, 3), np.float32))
+    assert [d.size for d in second.tensor_shape.dim] == [2, 3]
+
+
+def test_write_array_fills_a_map_entry_in_place() -> None:
+    request = predict_pb2.PredictRequest()
+    array = np.array([[0.5, -1.25]], np.float32)
+    tensor_proto.write_array(request.inputs["x"], array)
+    assert request.inputs["x"] == tensor_proto.from_array(array)
+
+
+@pytest.mark.parametrize("shape", [[], [3], [2, 1, 2], [1] * 15 + [2], [1] * 40 + [2]])
+def test_shapes_read_the_same_cached_or_not(shape: list[int]) -> None:
+    # short shapes come from a cache of their wire bytes, long ones (past 64 bytes) are read
+    array = np.arange(math.prod(shape), dtype=np.float32).reshape(shape)
+    message = proto("DT_FLOAT", shape, tensor_content=array.tobytes())
+    for _ in range(2):  # the second time from the cache
         same(tensor_proto.to_array(message, "t"), array)
 
 

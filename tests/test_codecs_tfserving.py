@@ -348,6 +348,18 @@ def test_bfloat16_nan_counts_as_nonfinite() -> None:
     assert body == b'{"outputs":[1.0,NaN]}'
 
 
+
+@pytest.mark.parametrize("size", [1, 5, 32, 33, 300])  # Python's check up to 32, numpy's past
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("odd", [np.nan, np.inf, -np.inf])
+def test_nonfinite_is_found_in_small_and_large_outputs(size: int, dtype: Any,
+                                                       odd: float) -> None:
+    array = np.ones((size, 1), dtype)
+    assert not jsonio.has_nonfinite({"y": array})
+    array[size // 2] = odd
+    assert jsonio.has_nonfinite({"i": np.ones(3, np.int64), "y": array[:, :]})
+
+
 # --- responses ------------------------------------------------------------------------------
 
 

@@ -61,7 +61,7 @@ class TfServingAdapter(GrpcBackend):
         proto = predict_pb2.PredictRequest(model_spec=tfserving_grpc.model_spec(ref, ref.signature),
                                            output_filter=list(request.outputs or ()))
         for name, array in request.inputs.items():
-            proto.inputs[name].CopyFrom(tensor_proto.from_array(array))
+            tensor_proto.write_array(proto.inputs[name], array)
         try:
             reply = await self.pool.call(_predict, proto, seconds=request.context.remaining())
         except BadRequest:

@@ -34,6 +34,28 @@ _FLOAT_MAX = {d.v2: float(ml_dtypes.finfo(d.numpy).max)  # type: ignore[no-untyp
 _INT64_MIN, _UINT64_END = -(1 << 63), 1 << 64
 
 
+def _plain_bounds(dtype: DType) -> dict[frozenset[type], tuple[float, float]]:
+    """The types of plain values `dtype` takes as they are, each with the range within which
+    `_convert` accepts every value and converts it exactly as `np.array(..., dtype)` does."""
+    kind = dtype.numpy.kind
+    if kind == "b":
+        return {frozenset({bool}): (False, True)}
+    if kind in "iu":
+        info = np.iinfo(dtype.numpy)
+        return {frozenset({int}): (int(info.min), int(info.max))}
+    if kind != "f":  # BYTES; BF16 (ml_dtypes takes no Python int past int64) is rare in JSON
+        return {}
+    limit = _FLOAT_MAX[dtype.v2]
+    ints = min(limit, _LOSSLESS_INT.get(dtype.v2, limit))
+    return {frozenset({float}): (-limit, limit), frozenset({int}): (-ints, ints),
+            frozenset({int, float}): (-ints, ints)}
+
+
+_PLAIN_BOUNDS = {v2: _plain_bounds(d) for v2, d in dtypes.BY_V2.items()}
+# Past about 200 elements numpy's checks on the array cost less than Python's (measured).
+_PLAIN_MAX_ELEMENTS = 128
+
+
 def to_array(value: Any, dtype: DType, name: str, *, budget: DecodeBudget = DEFAULT_BUDGET,
              tally: RequestTally | None = None, batch: bool = True) -> np.ndarray:
     """A JSON value (scalar or nested lists) as an array of `dtype`; refuses ragged lists,
@@ -46,9 +68,13 @@ def to_array(value: Any, dtype: DType, name: str, *, budget: DecodeBudget = DEFA
         return _bytes_array(value, name, budget, tally, batch)
     shape = _first_shape(value, name, budget)
     if tally is not None:
-        tally.add(name, shape)
+        count = tally.add(name, shape)
     else:
-        budget.check_shape(name, shape, batch=batch)
+        count = budget.check_shape(name, shape, batch=batch)
+    if count <= _PLAIN_MAX_ELEMENTS:
+        plain = _plain_numbers(value, shape, count, dtype)
+        if plain is not None:
+            return plain
     try:
         natural = np.asarray(value)
     except ValueError:  # ragged, or deeper than numpy's 64 dims somewhere past the first row
@@ -71,6 +97,31 @@ def _first_shape(value: Any, name: str, budget: DecodeBudget) -> tuple[int, ...]
             break
         value = value[0]
     return tuple(shape)
+
+
+def _plain_numbers(value: Any, shape: tuple[int, ...], count: int,
+                   dtype: DType) -> np.ndarray | None:
+    """A small tensor of plain numbers (as `[[0.5, -1.25]]`) in one `np.array` call: numbers
+    of types the target takes (`_PLAIN_BOUNDS`), their extremes within its range and lossless
+    limit, so no check of `_convert` can fail and no cast can overflow. None when not sure
+    (ragged, empty, other types, a NaN first or a value past the bounds): the careful path
+    then decides, and words the error."""
+    try:  # a string or object where a list should be yields strings, refused below
+        flat = list(_leaves(value, len(shape)))
+    except TypeError:  # a number where a list should be: ragged
+        return None
+    if len(flat) != count or not flat:
+        return None
+    bounds = _PLAIN_BOUNDS[dtype.v2].get(frozenset(map(type, flat)))
+    # min() and max() are NaN if the first value is (the bounds then fail), else the extremes
+    # of the values that are not NaN (NaN passes anyway)
+    if bounds is None or not (bounds[0] <= min(flat) and max(flat) <= bounds[1]):
+        return None
+    try:
+        array = np.array(value, dtype=dtype.numpy)
+    except ValueError:  # rows of different lengths
+        return None
+    return array if array.shape == shape else None
 
 
 def _convert(value: Any, natural: np.ndarray, dtype: DType, name: str) -> np.ndarray:

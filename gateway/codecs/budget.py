@@ -45,7 +45,7 @@ class DecodeBudget:
         the leading dim is the tensor's rows (not when the shape is only how its data is
         grouped, as v2's flat `data`)."""
         self.check_rank(name, len(shape))
-        if any(d < 0 for d in shape):
+        if shape and min(shape) < 0:
             raise BadRequest(f"tensor {name!r}: shape {list(shape)} has a negative dim")
         count = math.prod(shape)
         if count > self.max_tensor_elements:

@@ -94,5 +94,18 @@ def _tolist(value: Any) -> Any:
 
 
 def has_nonfinite(tensors: Tensors) -> bool:
-    return any((a.dtype.kind == "f" or a.dtype == dtypes.BY_V2["BF16"].numpy)
-               and not np.isfinite(a).all() for a in tensors.values())
+    for array in tensors.values():
+        if (array.dtype.kind == "f" or array.dtype == _BF16) and not _all_finite(array):
+            return True
+    return False
+
+
+_BF16 = dtypes.BY_V2["BF16"].numpy
+# Up to this many values Python's isfinite over them costs less than numpy's ufunc and reduce.
+_FEW_VALUES = 32
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    if array.size <= _FEW_VALUES:
+        return all(map(math.isfinite, array.ravel().tolist()))
+    return bool(np.isfinite(array).all())

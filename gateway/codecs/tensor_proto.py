@@ -8,7 +8,9 @@ decode budget before a tensor is built, so 36 bytes cannot declare a 400 MB broa
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -34,7 +36,9 @@ _VALUE_FIELD = {
 
 
 # Built once: looking names up in the enum descriptor per tensor shows in profiles.
-_BY_ENUM = {types_pb2.DataType.Value(tf): dtype for tf, dtype in dtypes.BY_TF.items()}
+_ENUM = {tf: types_pb2.DataType.Value(tf) for tf in dtypes.BY_TF}
+_BY_ENUM = {_ENUM[tf]: dtype for tf, dtype in dtypes.BY_TF.items()}
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def dtype_of(enum_value: int, name: str) -> DType:
@@ -52,7 +56,7 @@ def decode_inputs(inputs: Mapping[str, tensor_pb2.TensorProto], *,
     request's total) before any tensor is built."""
     tally = budget.request()
     plans = [_plan(proto, name, tally) for name, proto in inputs.items()]
-    return {name: _build(proto, name, dtype, shape) for name, proto, dtype, shape in plans}
+    return {plan[0]: _build(*plan) for plan in plans}
 
 
 async def decode_inputs_async(inputs: Mapping[str, tensor_pb2.TensorProto], *,
@@ -61,10 +65,9 @@ async def decode_inputs_async(inputs: Mapping[str, tensor_pb2.TensorProto], *,
     thread when the request has enough strings to hold the loop (`offload`)."""
     tally = budget.request()
     plans = [_plan(proto, name, tally) for name, proto in inputs.items()]
-    strings = sum(len(proto.string_val) for _, proto, dtype, _ in plans if dtype.is_bytes)
-    return await offload.run(
-        lambda: {name: _build(proto, name, dtype, shape) for name, proto, dtype, shape in plans},
-        per_element_work=strings)
+    strings = sum(len(proto.string_val) for _, proto, dtype, _, _ in plans if dtype.is_bytes)
+    return await offload.run(lambda: {plan[0]: _build(*plan) for plan in plans},
+                             per_element_work=strings)
 
 
 def to_array(proto: tensor_pb2.TensorProto, name: str, *,
@@ -72,47 +75,61 @@ def to_array(proto: tensor_pb2.TensorProto, name: str, *,
     """One tensor, checked against `budget` if given. Without one it is for a trusted source
     (a backend's reply, whose size the model decides); a client's tensors go through
     `decode_inputs`, which always has a budget."""
-    _, _, dtype, shape = _plan(proto, name, budget.request() if budget is not None else None)
-    return _build(proto, name, dtype, shape)
+    return _build(*_plan(proto, name, budget.request() if budget is not None else None))
 
 
-_Plan = tuple[str, tensor_pb2.TensorProto, DType, tuple[int, ...]]
+# name, proto, dtype, shape and `tensor_content`, read once: each read of a bytes field copies
+_Plan = tuple[str, tensor_pb2.TensorProto, DType, tuple[int, ...], bytes]
 
 
 def _plan(proto: tensor_pb2.TensorProto, name: str, tally: RequestTally | None) -> _Plan:
     """Dtype and shape, checked: the shape against the budget, the number of values against
     the shape, all before anything is allocated."""
     dtype = dtype_of(proto.dtype, name)
-    dims = proto.tensor_shape.dim
     if tally is not None:
-        tally.budget.check_rank(name, len(dims))
-    shape = tuple(d.size for d in dims)
-    if any(d < 0 for d in shape):
+        tally.budget.check_rank(name, len(proto.tensor_shape.dim))
+    shape = _sizes(proto.tensor_shape)
+    if shape and min(shape) < 0:
         raise BadRequest(f"tensor {name!r}: shape {list(shape)} has unknown dims")
     count = (tally.add(name, shape, text=dtype.is_bytes) if tally is not None
              else math.prod(shape))
-    if dtype.is_bytes:
-        given = len(proto.string_val)
-    elif proto.tensor_content:
+    content = b"" if dtype.is_bytes else proto.tensor_content
+    if content:
         expected = count * dtype.numpy.itemsize
-        if len(proto.tensor_content) != expected:
-            raise BadRequest(f"tensor {name!r}: tensor_content has {len(proto.tensor_content)} "
+        if len(content) != expected:
+            raise BadRequest(f"tensor {name!r}: tensor_content has {len(content)} "
                              f"bytes, shape {list(shape)} of {dtype.tf} needs {expected}")
-        return name, proto, dtype, shape
-    else:
-        given = len(getattr(proto, _VALUE_FIELD[dtype.tf]))
+        return name, proto, dtype, shape, content
+    given = len(proto.string_val if dtype.is_bytes else getattr(proto, _VALUE_FIELD[dtype.tf]))
     if given != count and given != 1:  # TF fills the whole tensor with a lone value
         raise BadRequest(f"tensor {name!r}: {given} values for shape {list(shape)} "
                          f"({count} elements)")
-    return name, proto, dtype, shape
+    return name, proto, dtype, shape, content
 
 
-def _build(proto: tensor_pb2.TensorProto, name: str, dtype: DType,
-           shape: tuple[int, ...]) -> np.ndarray:
+def _sizes(shape: tensor_shape_pb2.TensorShapeProto) -> tuple[int, ...]:
+    """The dims' sizes. A small shape's come from a cache keyed by its wire bytes: reading the
+    dims one message object at a time costs twice as much, and shapes repeat."""
+    key = shape.SerializeToString()
+    if len(key) > _SMALL_SHAPE_BYTES:
+        return tuple([d.size for d in shape.dim])
+    return _cached_sizes(key)
+
+
+_SMALL_SHAPE_BYTES = 64  # four dims of any size, more of small ones: a bounded cache
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_sizes(key: bytes) -> tuple[int, ...]:
+    return tuple([d.size for d in tensor_shape_pb2.TensorShapeProto.FromString(key).dim])
+
+
+def _build(name: str, proto: tensor_pb2.TensorProto, dtype: DType, shape: tuple[int, ...],
+           content: bytes) -> np.ndarray:
     if dtype.is_bytes:
         return _fill(offload.object_array(proto.string_val), shape)
-    if proto.tensor_content:
-        array = np.frombuffer(proto.tensor_content, dtype=dtype.numpy)
+    if content:
+        array = np.frombuffer(content, dtype=dtype.numpy)
         if dtype.numpy.kind == "b":  # any non-zero byte is true, as in TF
             array = array.view(np.uint8) != 0
         return array.reshape(shape)
@@ -144,19 +161,33 @@ def narrow_ints(values: object, dtype: DType, what: str, type_name: str) -> np.n
 
 
 def from_array(array: np.ndarray) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto()
+    write_array(proto, array)
+    return proto
+
+
+def write_array(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None:
+    """`array` into an empty `proto`, in place: into a map's entry (`request.inputs[name]`)
+    this costs less than building a message to copy it in."""
     dtype = dtypes.of_array(array)
-    proto = tensor_pb2.TensorProto(
-        dtype=types_pb2.DataType.Value(dtype.tf),
-        tensor_shape=shape_proto(array.shape))
+    proto.dtype = _ENUM[dtype.tf]
+    proto.tensor_shape.CopyFrom(_shared_shape_proto(array.shape))
     if dtype.is_bytes:
         proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode()
                                 for v in array.reshape(-1))
     else:
-        proto.tensor_content = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")
-                                                    ).tobytes()
-    return proto
+        if not (_LITTLE_ENDIAN and array.dtype.isnative):
+            array = array.astype(array.dtype.newbyteorder("<"))
+        proto.tensor_content = array.tobytes()  # in C order, whatever the array's strides
 
 
 def shape_proto(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:
     return tensor_shape_pb2.TensorShapeProto(
         dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape])
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_shape_proto(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:
+    """`shape_proto`, built once per shape (building the dims costs more than copying them):
+    only for `CopyFrom`, so no caller can change the one all share."""
+    return shape_proto(shape)

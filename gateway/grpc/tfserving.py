@@ -47,7 +47,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             reply.model_spec.signature_name = spec.signature_name or \
                 tfserving_grpc.DEFAULT_SIGNATURE
             for name, array in response.outputs.items():
-                reply.outputs[name].CopyFrom(tensor_proto.from_array(array))
+                tensor_proto.write_array(reply.outputs[name], array)
             return reply
 
         return await self._calls.run_infer(context, FRONTEND, request.model_spec.name, predict)
