@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -17,10 +18,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext
 
 from adapters.batching import DynamicBatcher
+from adapters.batching.merge import split
 from adapters.onnx.session import SessionSettings, load_session
 from gateway.errors import BackendError, DeadlineExceeded, QueueFull, Unavailable
 from gateway.model_config import BatchingConfig
-from gateway.telemetry import spans
+from gateway.telemetry import request_ids, spans
 from gateway.types import Tensors
 from tests.onnx_models import demo_bytes
 from tests.waiting import wait_until
@@ -277,3 +279,42 @@ async def test_close_finishes_queued_requests_then_refuses() -> None:
     run.gate.set()
     await closing
     assert all(t.result()["y"].shape == (1, 2) for t in tasks)
+
+
+@given(rows=st.lists(st.integers(0, 5), min_size=1, max_size=10))
+def test_split_gives_each_request_a_view_of_its_rows(rows: list[int]) -> None:
+    outputs = {"y": np.arange(sum(rows) * 2).reshape(-1, 2), "z": np.arange(sum(rows))}
+    pieces = split(outputs, rows)
+    assert [p["y"].shape[0] for p in pieces] == [p["z"].shape[0] for p in pieces] == rows
+    np.testing.assert_array_equal(np.concatenate([p["y"] for p in pieces]), outputs["y"])
+    assert all(p["y"].base is not None for p in pieces)  # views, not copies
+
+
+def test_split_refuses_outputs_without_the_batch_dim() -> None:
+    with pytest.raises(BackendError, match=r"output 's' has shape \[\], which does not keep "
+                                           r"the batch of 3 rows: the model cannot be batched"):
+        split({"y": np.zeros((3, 1)), "s": np.zeros(())}, [1, 2])
+
+
+async def test_a_failing_batch_is_logged_for_the_request_that_started_it() -> None:
+    def broken(feeds: Tensors) -> Tensors:
+        raise RuntimeError("no such kernel")
+
+    seen: list[str] = []
+
+    class RequestIds(logging.Handler):  # what a log line's formatter reads when it is written
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(request_ids.current())
+
+    handler = RequestIds()
+    logging.getLogger("adapters.batching.dynamic").addHandler(handler)
+    batcher = DynamicBatcher(broken, BatchingConfig(), name="broken")
+    token = request_ids.bind("r-42")
+    try:
+        with pytest.raises(BackendError, match="model broken failed: no such kernel"):
+            await batcher.submit({"x": np.zeros((1, 2), np.float32)}, FAR)
+    finally:
+        request_ids.unbind(token)
+        logging.getLogger("adapters.batching.dynamic").removeHandler(handler)
+    await batcher.close()
+    assert seen == ["r-42"]

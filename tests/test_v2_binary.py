@@ -233,3 +233,22 @@ def test_a_decoded_binary_input_is_a_view_of_the_body_not_a_copy() -> None:
 def test_binary_data_is_not_taken_where_no_body_carries_it() -> None:
     with pytest.raises(BadRequest, match="binary data is not accepted here"):
         decode_tensor({**X, "parameters": {"binary_data_size": 32}}, 0)
+
+
+@pytest.mark.parametrize(("parameters", "outputs", "expected"), [
+    ({}, None, {"a": False, "b": False}),  # the common request: every output in the JSON
+    ({"binary_data_output": True}, None, {"a": True, "b": True}),
+    ({}, [{"name": "a", "parameters": {"binary_data": True}}, {"name": "b"}],
+     {"a": True, "b": False}),
+    ({"binary_data_output": True}, [{"name": "b", "parameters": {"binary_data": False}}],
+     {"a": True, "b": False}),
+])
+def test_each_request_gets_its_own_binary_output_choice(
+        parameters: dict[str, Any], outputs: list[dict[str, Any]] | None,
+        expected: dict[str, bool]) -> None:
+    inputs = [{**X, "data": [0.5] * 8}]
+    document: dict[str, Any] = {**({"outputs": outputs} if outputs else {}),
+                                "inputs": inputs, "parameters": parameters}
+    choice = parse_infer(document).binary_outputs
+    assert {name: choice(name) for name in expected} == expected
+    assert parse_infer({"inputs": inputs}).binary_outputs("a") is False  # none carried over

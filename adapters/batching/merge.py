@@ -36,6 +36,10 @@ def split(outputs: Tensors, rows: list[int]) -> list[Tensors]:
         if array.ndim == 0 or array.shape[0] != total:
             raise BackendError(f"output {name!r} has shape {list(array.shape)}, which does not "
                                f"keep the batch of {total} rows: the model cannot be batched")
-    bounds = np.cumsum(rows)[:-1]
-    pieces = {name: np.split(array, bounds) for name, array in outputs.items()}
-    return [{name: pieces[name][i] for name in outputs} for i in range(len(rows))]
+    # basic slices are views, as np.split's are, at a tenth of its cost per piece
+    pieces, start = [], 0
+    for count in rows:
+        stop = start + count
+        pieces.append({name: array[start:stop] for name, array in outputs.items()})
+        start = stop
+    return pieces
