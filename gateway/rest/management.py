@@ -31,12 +31,12 @@ class ManagementRoutes:
         self._pipeline = pipeline
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/models", self.list_models),
+        return [web.post("/models/{model}/predict", self.predict),  # tried first (see V2Routes)
+                web.get("/models", self.list_models),
                 web.post("/models", self.create),
                 web.get("/models/{model}", self.describe),
                 web.put("/models/{model}", self.add_version),
-                web.delete("/models/{model}", self.delete),
-                web.post("/models/{model}/predict", self.predict)]
+                web.delete("/models/{model}", self.delete)]
 
     async def list_models(self, request: web.Request) -> web.Response:
         context = context_of(request, FRONTEND)

@@ -40,14 +40,15 @@ class V2Routes:
         self._readiness = readiness
 
     def routes(self) -> list[web.RouteDef]:
-        routes = [web.get("/v2", self.server_metadata),
-                  web.get("/v2/health/live", self.live),
-                  web.get("/v2/health/ready", self.ready)]
-        for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        """Inference first: aiohttp tries the routes under `/v2/models` in this order, a
+        pattern match and an await each (6 µs of 11 per request, before)."""
+        bases = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
+        routes = [web.post(base + "/infer", self.infer) for base in bases]
+        for base in bases:
             routes += [web.get(base, self.model_metadata),
-                       web.get(base + "/ready", self.model_ready),
-                       web.post(base + "/infer", self.infer)]
-        return routes
+                       web.get(base + "/ready", self.model_ready)]
+        return [*routes, web.get("/v2", self.server_metadata),
+                web.get("/v2/health/live", self.live), web.get("/v2/health/ready", self.ready)]
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         context_of(request, FRONTEND)
