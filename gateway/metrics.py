@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -41,8 +42,8 @@ from gateway.worker_metrics import (
 if TYPE_CHECKING:
     from gateway.breaker import CircuitBreaker
 
-__all__ = ["OTHER_MODEL", "BatchMetrics", "GatewayMetrics", "QueueDepths", "prepare_multiprocess",
-           "worker_exited"]
+__all__ = ["OTHER_MODEL", "BatchMetrics", "GatewayMetrics", "QueueDepths", "children",
+           "prepare_multiprocess", "worker_exited"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,14 @@ _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 QueueDepths = Callable[[], Mapping[tuple[str, str], int]]
 #: the label value for a model name no configured or served model has
 OTHER_MODEL = "other"
+M = TypeVar("M", Counter, Histogram)
+
+
+def children(metric: M) -> Callable[..., M]:
+    """`metric.labels`, remembering each child it returns: `labels()` checks the values and
+    takes a lock on every call (~2 µs, where the child's update costs ~0.5 µs), and a request
+    makes several. Label values are bounded (see above), so the cache is too."""
+    return functools.lru_cache(maxsize=4096)(metric.labels)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from gateway.auth import Authenticator
 from gateway.authz import Authorizer, Verb
 from gateway.backend import ModelStore, passes_body
 from gateway.errors import DeadlineExceeded, MethodNotAllowed, NotFound, Unavailable
+from gateway.metrics import children
 from gateway.policy.metrics import RoutingMetrics
 from gateway.policy.mirror import Mirror
 from gateway.ratelimit import RateLimiter
@@ -58,6 +59,7 @@ class Pipeline:
         self._store = store
         self._mirror = mirror
         self._metrics = metrics
+        self._backend_latency = children(metrics.backend_latency)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         context = request.context
@@ -171,8 +173,7 @@ class Pipeline:
         try:
             return await target.adapter.infer(request)
         finally:
-            metrics = self._metrics
-            metrics.backend_latency.labels(target.adapter.name, metrics.model_label(
+            self._backend_latency(target.adapter.name, self._metrics.model_label(
                 target.ref.model)).observe(time.perf_counter() - started)
 
     async def _first_available(self, targets: Sequence[Target],

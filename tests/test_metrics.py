@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry, Counter
 
 from gateway.breaker import CircuitBreaker
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, children
 from tests.auth_support import bearer, claims, hs_provider, sign
 from tests.policy_support import AB_MODEL, add_ab_model, policies_section, write_policy
 from tests.servers.otlp_receiver import OtlpReceiver
@@ -173,3 +174,17 @@ async def test_made_up_model_names_add_no_series(make_client: Callable[..., Any]
     assert series() == before
     assert sample(client, "gateway_requests_total", frontend="v2", model="other", variant="",
                   status="404") is not None
+
+
+def test_children_are_the_metrics_own_series() -> None:
+    """The cached lookup hands out the child `labels()` would, so updates land in the series
+    the registry shows, however often it is asked."""
+    registry = CollectorRegistry()
+    counter = Counter("looked_up", "A counter.", ["frontend", "status"], registry=registry)
+    child = children(counter)
+    for _ in range(3):
+        child("rest", "200").inc()
+    child("grpc", "OK").inc()
+    assert child("rest", "200") is counter.labels("rest", "200")
+    assert registry.get_sample_value("looked_up_total", {"frontend": "rest", "status": "200"}) == 3
+    assert registry.get_sample_value("looked_up_total", {"frontend": "grpc", "status": "OK"}) == 1

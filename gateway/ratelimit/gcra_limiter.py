@@ -14,10 +14,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from opentelemetry.trace import SpanKind
-from prometheus_client import Counter
 
 from gateway.errors import RateLimited, Unavailable
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, children
 from gateway.ratelimit.gcra import Bucket, BucketState, parse_reply, script_args
 from gateway.ratelimit.headers import rate_limit_headers
 from gateway.ratelimit.keys import bucket_key
@@ -35,8 +34,7 @@ class GcraLimiter:
                  leases: LeaseBook | None = None) -> None:
         self._runner = runner
         self._rules = rules  # called per check, so a policy reload applies to the next request
-        self._decisions = metrics.ratelimit_decisions
-        self._counters: dict[tuple[str, str], Counter] = {}  # its children, looked up once
+        self._decisions = children(metrics.ratelimit_decisions)
         self._leases = leases  # None: every check asks Redis
 
     async def check(self, request: InferRequest, cost: int) -> None:
@@ -178,10 +176,7 @@ class GcraLimiter:
                               "closed", retry_after_s=error.retry_after_s)
 
     def _count(self, rule: str, decision: str) -> None:
-        counter = self._counters.get((rule, decision))
-        if counter is None:
-            counter = self._counters[(rule, decision)] = self._decisions.labels(rule, decision)
-        counter.inc()
+        self._decisions(rule, decision).inc()
 
 
 def _spend(pairs: Iterable[tuple[Lease, int]]) -> None:

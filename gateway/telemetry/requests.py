@@ -8,7 +8,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, children
 from gateway.telemetry.logs import write_access_line
 from gateway.types import RequestContext
 
@@ -16,6 +16,8 @@ from gateway.types import RequestContext
 class RequestRecorder:
     def __init__(self, metrics: GatewayMetrics, *, access_log: bool, traced: bool) -> None:
         self._metrics = metrics
+        self._requests = children(metrics.requests)
+        self._latency = children(metrics.latency)
         self._access_log = access_log
         self._traced = traced  # untraced, there is no span to look up
 
@@ -34,8 +36,8 @@ class RequestRecorder:
         exemplar = self._on_server_span(request_id) if self._traced else None
         metrics = self._metrics
         label = metrics.model_label(model)
-        metrics.requests.labels(frontend, label, variant, status).inc(exemplar=exemplar)
-        metrics.latency.labels(frontend, label, variant).observe(seconds, exemplar=exemplar)
+        self._requests(frontend, label, variant, status).inc(exemplar=exemplar)
+        self._latency(frontend, label, variant).observe(seconds, exemplar=exemplar)
         if error:
             metrics.errors.labels(frontend, status, error).inc()
         if self._access_log and log:
