@@ -163,8 +163,8 @@ class Gateway:
 
     def http_app(self) -> web.Application:
         app = build_http_app(self.pipeline, self.config.server, self.readiness, self.metrics,
-                             self.inflight, self.tracing, self.drain, self.readiness_report)
-        app.add_routes(AdminRoutes(self.pipeline, self.policies).routes())
+                             self.inflight, self.tracing, self.drain, self.readiness_report,
+                             AdminRoutes(self.pipeline, self.policies).routes())
 
         async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
             # Adapters live as long as the HTTP app; the gRPC server starts after and stops

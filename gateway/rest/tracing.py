@@ -2,13 +2,13 @@
 attributed per the HTTP semantic conventions (docs/observability.md says which version):
 `METHOD route`, the route as the dialect names it (`/v1/models/{model}:predict`, not aiohttp's
 catch-all `/v1/models/{tail}`), set only on a span that is exported (`spans.when_kept`), so a
-request that is not kept costs no attribute work. Outside `errors_and_metrics`, so it sees the
-status every reply goes out with, and the error log and access line see the trace.
+request that is not kept costs no attribute work. Around `gateway.rest.errors.answered`, so it
+sees the status every reply goes out with, and the error log and access line see the trace.
 
 Not opentelemetry-instrumentation-aiohttp-server: its middleware reads module globals that only
 its instrumentor sets (by replacing `web.Application` process-wide, on the global tracer
 provider), it records OpenTelemetry metrics we keep in Prometheus, and it names every TF Serving
-path by aiohttp's catch-all route. The app adds this middleware only when tracing is on.
+path by aiohttp's catch-all route. The app wraps its routes in it only when tracing is on.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Middleware
 from opentelemetry.trace import Span, SpanKind, Tracer
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
@@ -26,6 +25,8 @@ from gateway.rest.common import PROBE_PATHS
 from gateway.telemetry import propagation, spans
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The last route, for paths no other takes (`gateway.rest.server`): no `http.route`
+UNROUTED = "/{unrouted}"
 #: RFC 9110's methods, PATCH and QUERY: any other is `_OTHER` (no route takes one anyway)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
                            "TRACE", "PATCH", "QUERY"})
@@ -34,11 +35,12 @@ SECRET_QUERY_KEYS = ("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Toke
                      "X-Goog-Signature")
 
 
-def server_spans(tracer: Tracer, untraced: frozenset[str] = PROBE_PATHS) -> Middleware:
-    """`untraced`: paths that get no span (probes and scrapes, unless `[server] log_probes`)."""
+def server_spans(handler: Handler, tracer: Tracer,
+                 untraced: frozenset[str] = PROBE_PATHS) -> Handler:
+    """`handler` in a server span; `untraced`: paths that get none (probes and scrapes, unless
+    `[server] log_probes`)."""
 
-    @web.middleware
-    async def server_span(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def server_span(request: web.Request) -> web.StreamResponse:
         if request.path in untraced:
             return await handler(request)
         span = tracer.start_span(request.method, context=propagation.extract(request.headers),
@@ -94,7 +96,7 @@ def request_attributes(request: web.Request) -> dict[str, AttributeValue]:
 def http_route(request: web.Request) -> str | None:
     """The matched route's template; None when no route matched (an unknown path)."""
     resource = request.match_info.route.resource
-    if resource is None:
+    if resource is None or resource.canonical == UNROUTED:
         return None
     if resource.canonical == tfserving.CATCH_ALL:
         return tfserving.route_template(request.match_info["tail"])
