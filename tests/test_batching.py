@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext
 
 from adapters.batching import DynamicBatcher
+from adapters.batching.dynamic import INLINE_BELOW_S
 from adapters.batching.merge import split
 from adapters.onnx.session import SessionSettings, load_session
 from gateway.errors import BackendError, DeadlineExceeded, QueueFull, Unavailable
@@ -318,3 +319,93 @@ async def test_a_failing_batch_is_logged_for_the_request_that_started_it() -> No
         logging.getLogger("adapters.batching.dynamic").removeHandler(handler)
     await batcher.close()
     assert seen == ["r-42"]
+
+
+def _threads_of(fn: Callable[[Tensors], Tensors],
+                ran_on: list[int]) -> Callable[[Tensors], Tensors]:
+    def run(feeds: Tensors) -> Tensors:
+        ran_on.append(threading.get_ident())
+        return fn(feeds)
+
+    return run
+
+
+async def test_cheap_batches_run_on_the_loop_once_measured() -> None:
+    """An inline batcher hands its first batch to an executor (nothing measured yet); a model
+    that costs less than `INLINE_BELOW_S` then runs on the loop's own thread (once the moving
+    average has forgotten a cold first run), and stays there, with the same answers, failures
+    included."""
+    ran_on: list[int] = []
+    batcher = DynamicBatcher(_threads_of(rowwise, ran_on), BatchingConfig(), name="cheap",
+                             inline=True)
+    try:
+        for value in range(40):
+            x = np.full((1, 3), value, np.float32)
+            out = await batcher.submit({"x": x}, FAR)
+            np.testing.assert_array_equal(out["y"], x * 2.0 + 1.0)
+    finally:
+        await batcher.close()
+    loop_thread = threading.get_ident()
+    first_inline = ran_on.index(loop_thread)
+    assert first_inline >= 1 and len(ran_on) - first_inline >= 10
+    assert ran_on[first_inline:] == [loop_thread] * (len(ran_on) - first_inline)
+
+    def broken(feeds: Tensors) -> Tensors:
+        raise RuntimeError("bad input")
+
+    batcher = DynamicBatcher(broken, BatchingConfig(), name="broken", inline=True)
+    try:
+        for _ in range(3):
+            with pytest.raises(BackendError, match="model broken failed: bad input"):
+                await batcher.submit({"x": np.zeros((1, 3), np.float32)}, FAR)
+    finally:
+        await batcher.close()
+
+
+async def test_costly_batches_stay_on_executor_threads() -> None:
+    """A model that costs more CPU than `INLINE_BELOW_S` per row never holds the loop."""
+    def costly(feeds: Tensors) -> Tensors:
+        started = time.thread_time()
+        while time.thread_time() - started < 3 * INLINE_BELOW_S:
+            pass
+        return rowwise(feeds)
+
+    ran_on: list[int] = []
+    batcher = DynamicBatcher(_threads_of(costly, ran_on), BatchingConfig(), name="costly",
+                             inline=True)
+    try:
+        for _ in range(4):
+            await batcher.submit({"x": np.ones((1, 3), np.float32)}, FAR)
+    finally:
+        await batcher.close()
+    assert len(ran_on) == 4 and threading.get_ident() not in ran_on
+
+
+async def test_a_large_batch_of_a_cheap_model_leaves_the_loop() -> None:
+    """Measured cheap per row, a model still runs on an executor for a batch whose rows would
+    cost more than `INLINE_BELOW_S` in all."""
+    ran_on: list[int] = []
+    batcher = DynamicBatcher(_threads_of(rowwise, ran_on), BatchingConfig(
+        max_batch_size=1 << 20), name="rows", inline=True)
+    try:
+        loop_thread = threading.get_ident()
+        for _ in range(40):
+            await batcher.submit({"x": np.ones((1, 3), np.float32)}, FAR)
+        assert ran_on[-1] == loop_thread
+        # a one-row batch costs microseconds of Python at least, so 10,000 rows are
+        # estimated far above INLINE_BELOW_S
+        await batcher.submit({"x": np.ones((10_000, 3), np.float32)}, FAR)
+        assert ran_on[-1] != loop_thread
+    finally:
+        await batcher.close()
+
+
+async def test_batchers_run_on_threads_unless_inline() -> None:
+    ran_on: list[int] = []
+    batcher = DynamicBatcher(_threads_of(rowwise, ran_on), BatchingConfig(), name="threads")
+    try:
+        for _ in range(4):
+            await batcher.submit({"x": np.ones((1, 3), np.float32)}, FAR)
+    finally:
+        await batcher.close()
+    assert len(ran_on) == 4 and threading.get_ident() not in ran_on

@@ -30,8 +30,15 @@ from gateway.types import Tensors
 
 log = logging.getLogger(__name__)
 
-#: Runs one merged batch; called on an executor thread (ONNX Runtime releases the GIL).
+#: Runs one merged batch; called on an executor thread (ONNX Runtime releases the GIL), or on
+#: the event loop when it is cheap and the batcher is `inline`.
 RunBatch = Callable[[Tensors], Tensors]
+#: With `inline`, a batch whose run (merge, model, split) should cost less CPU than this (its
+#: rows times a moving average of the CPU per row) runs on the event loop: handing it to an
+#: executor thread and back costs the loop more (two thread wake-ups, the GIL handed over
+#: twice) than such a model does, and the loop is held no longer than a small request's JSON
+#: decode holds it. Per row, so a large batch of a cheap model still leaves the loop.
+INLINE_BELOW_S = 100e-6
 
 
 @dataclass(slots=True, eq=False)
@@ -52,8 +59,13 @@ class BatchObserver(Protocol):
 
 class DynamicBatcher:
     def __init__(self, run: RunBatch, config: BatchingConfig, *, name: str,
-                 batchable: bool = True, observer: BatchObserver | None = None) -> None:
+                 batchable: bool = True, observer: BatchObserver | None = None,
+                 inline: bool = False) -> None:
+        """`inline`: cheap batches may run on the event loop (`INLINE_BELOW_S`); only for a
+        `run` whose cost does not jump (a model, not one that may block)."""
         self._run = run
+        self._inline = inline
+        self._row_cpu_s: float | None = None  # moving average; None until a batch has run
         self._name = name
         self._observer = observer
         self._max_rows = config.max_batch_size if batchable else 1
@@ -158,21 +170,36 @@ class DynamicBatcher:
         return batch
 
     def _start(self, batch: list[_Pending]) -> None:
-        """Hand `batch` to an executor thread, which returns it to the loop with one call: no
-        task, no asyncio future and two fewer loop iterations per batch than awaiting
-        `run_in_executor`. The loop-side continuation keeps this context (the tracer bound
-        for the request that started the batch), as a task would have."""
+        """Run `batch` on the loop if it is cheap, else hand it to an executor thread, which
+        returns it to the loop with one call: no task, no asyncio future and two fewer loop
+        iterations per batch than awaiting `run_in_executor`. Either way it finishes in a
+        later callback that keeps this context (the tracer bound for the request that started
+        the batch), as a task would have."""
         rows = [item.rows for item in batch]
         now = time.monotonic()
         waits = [now - item.enqueued for item in batch]
         if self._observer is not None:
             self._observer.batch_started(sum(rows), waits)
-        self._executor.submit(self._execute, batch, rows, self._span(batch, waits, sum(rows)),
-                              asyncio.get_running_loop(), contextvars.copy_context())
+        span = self._span(batch, waits, sum(rows))
+        loop = asyncio.get_running_loop()
+        if (self._inline and self._row_cpu_s is not None
+                and self._row_cpu_s * sum(rows) < INLINE_BELOW_S):
+            loop.call_soon(self._finish, batch, rows, self._compute(batch, rows, span))
+            return
+        self._executor.submit(self._execute, batch, rows, span, loop,
+                              contextvars.copy_context())
 
     def _execute(self, batch: list[_Pending], rows: list[int], span: spans.ScopeOrOff,
                  loop: asyncio.AbstractEventLoop, context: contextvars.Context) -> None:
-        """On an executor thread: merge, run and split the batch, all off the loop."""
+        """On an executor thread."""
+        loop.call_soon_threadsafe(self._finish, batch, rows, self._compute(batch, rows, span),
+                                  context=context)
+
+    def _compute(self, batch: list[_Pending], rows: list[int],
+                 span: spans.ScopeOrOff) -> list[Tensors] | Exception:
+        """Merge, run and split the batch; its CPU time per row (the thread's own: waits for
+        the GIL do not count) feeds the moving average that decides where the next runs."""
+        started = time.thread_time()
         outcome: list[Tensors] | Exception
         try:
             with span:
@@ -180,7 +207,10 @@ class DynamicBatcher:
             outcome = split(outputs, rows)
         except Exception as exc:  # judged on the loop, where log lines find the request id
             outcome = exc
-        loop.call_soon_threadsafe(self._finish, batch, rows, outcome, context=context)
+        per_row = (time.thread_time() - started) / max(sum(rows), 1)
+        average = self._row_cpu_s
+        self._row_cpu_s = per_row if average is None else average + (per_row - average) / 8
+        return outcome
 
     def _finish(self, batch: list[_Pending], rows: list[int],
                 outcome: list[Tensors] | Exception) -> None:

@@ -369,7 +369,7 @@ class OnnxAdapter:
         batcher = DynamicBatcher(
             session.run, batching, name=f"{name}/{file.version}", batchable=session.batchable,
             observer=self._metrics.batch_metrics(name, str(file.version)) if self._metrics
-            else None)
+            else None, inline=True)
         model.serving[file.version] = _Version(file, session, metadata, batcher)
         model.failed.pop(file.version, None)
         status = model.status[file.version] = VersionStatus(str(file.version), "AVAILABLE")
