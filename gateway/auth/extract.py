@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from multidict import MultiMapping
+
 from gateway.auth.failures import InvalidToken, Reason
 
 #: Real tokens are a few hundred bytes to a few KiB; beyond this, refuse before any parsing.
@@ -18,7 +20,8 @@ _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 §2.1
 
 
 def bearer_token(headers: Mapping[str, str]) -> str:
-    values = [value for key, value in headers.items() if key.lower() == "authorization"]
+    values = (headers.getall("Authorization", []) if isinstance(headers, MultiMapping)
+              else [value for key, value in headers.items() if key.lower() == "authorization"])
     if not values:
         raise InvalidToken(Reason.MISSING, "a bearer token is required")
     if len(values) > 1:
