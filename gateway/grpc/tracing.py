@@ -1,7 +1,8 @@
 """The gRPC server span: one per call, continuing the caller's `traceparent` from its metadata,
 named and attributed per the RPC semantic conventions (docs/observability.md says which
 version). The first interceptor, so a call the authentication interceptor refuses has its
-span too. Calls with a streamed reply (the gateway implements none) are left untraced.
+span too. A call with a streamed reply (v2's `ModelStreamInfer`) has no span of its own: each
+of its messages is traced as a `ModelInfer`.
 
 Not opentelemetry-instrumentation-grpc's interceptor: its current release (0.66b2) still
 emits the conventions from before v1.21 (`net.peer.*`, `rpc.service` beside a short

@@ -6,6 +6,7 @@ finishes; a message that fails is answered with its `error_message` and the stre
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
 
@@ -69,12 +70,16 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                                            lambda call: self._infer(request, call))
 
     async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest],
-                               context: grpc.aio.ServicerContext
-                               ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+                               context: grpc.aio.ServicerContext) -> None:
         """Messages run as they arrive, up to `STREAM_WINDOW` at once or unsent (so a stream
         batches as parallel calls do, and one whose client reads no replies holds no more),
         and are answered as each finishes, in any order, as Triton's are (a reply's `id` is
-        its request's)."""
+        its request's).
+
+        A coroutine writing its replies, not an async generator yielding them: grpc.aio
+        cancels this task when the client cancels, and the `finally` ends every message before
+        the call is gone (a generator left suspended at its `yield` is closed only when it is
+        collected, while its messages would still run on a call gRPC has freed)."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
         running: set[asyncio.Task[None]] = set()
@@ -97,7 +102,7 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         reader = asyncio.get_running_loop().create_task(read())
         try:
             while (reply := await answers.get()) is not None:
-                yield reply
+                await context.write(reply)
                 window.release()  # once sent: a client that reads no replies gets no more run
             await reader  # the stream's own failure (the client's cancel), if any
         finally:
@@ -139,15 +144,29 @@ class _MessageFailed(Exception):
 
 
 class _MessageContext:
-    """What a stream's message runs in, for `GrpcCalls`: the stream's own context (metadata,
-    deadline, peer, credentials), except that a failure (an abort) ends the message, not the
-    stream, and a message's trailing metadata is not the stream's."""
+    """What a stream's message runs in, for `GrpcCalls`: the stream's metadata, deadline, peer
+    and credentials, read once when the stream starts (so no message touches the call
+    itself), and a failure (an abort) that ends the message, not the stream; a message's
+    trailing metadata is not the stream's."""
 
     def __init__(self, stream: grpc.aio.ServicerContext) -> None:
-        self._stream = stream
+        self._metadata = stream.invocation_metadata()
+        remaining = stream.time_remaining()
+        self._deadline = None if remaining is None else time.monotonic() + remaining
+        self._peer = stream.peer()
+        self._auth = stream.auth_context()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
+    def invocation_metadata(self) -> Any:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def peer(self) -> str:
+        return str(self._peer)
+
+    def auth_context(self) -> Any:
+        return self._auth
 
     def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
         pass
