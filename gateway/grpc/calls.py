@@ -161,6 +161,11 @@ class GrpcCalls:
                 result = await self._counted(call, call_context)
         except Exception as exc:
             await self.fail(context, frontend, model, exc, started, call_context)
+        except asyncio.CancelledError:  # the client cancelled, or its connection went
+            self._recorder.finished(frontend, model, "CANCELLED", "ClientCancelled",
+                                    time.perf_counter() - started, call_context,
+                                    **self._recorded(context, call_context, None))
+            raise
         finally:
             request_ids.unbind(bound)
         self._recorder.finished(frontend, model, "OK", "", time.perf_counter() - started,
