@@ -1,6 +1,6 @@
 """Clients that give up on requests in flight: a gRPC call cancelled, an HTTP connection closed
 before its answer. Neither may leave an in-flight slot or a batch queue place taken, log an
-error, or disturb the calls that follow; a cancelled gRPC call is counted as `CANCELLED`."""
+error, or disturb the calls that follow; each is counted (gRPC `CANCELLED`, HTTP 499)."""
 
 from __future__ import annotations
 
@@ -93,6 +93,10 @@ async def test_http_requests_whose_clients_hang_up_free_their_places(
         request.cancel()  # the client closes its connection
     await asyncio.gather(*requests, return_exceptions=True)
     await wait_until(lambda: settled(gw), within=60)
+    gone = sample(gw, "gateway_requests_total", frontend="v2", model="slow", variant="",
+                  status="499")  # nginx's "Client Closed Request"
+    assert gone >= 1 and gone == sample(gw, "gateway_errors_total", frontend="v2",
+                                        status="499", error="ClientCancelled")
     replies = await asyncio.gather(*(gw.http.post("/v2/models/slow/infer", json=body)
                                      for _ in range(4)))
     assert [reply.status for reply in replies] == [200] * 4

@@ -6,6 +6,7 @@ its gRPC inference API (the default) and over its REST one."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from protos.torchserve import management_pb2, management_pb2_grpc
 from tests.servers.running_gateway import RunningGateway, StartGateway
 from tests.servers.tfserving_standin import decode_tensor
 from tests.servers.torchserve_server import TorchServe, tiny_answer, torchserve_config
+from tests.waiting import wait_until
 
 pytest_plugins = ["tests.servers.fixtures", "tests.servers.torchserve"]
 
@@ -233,5 +235,27 @@ async def test_a_stream_that_fails_after_it_started_is_cut_not_completed(
     assert response.status == 200  # sent with the first part, before the handler failed
     with pytest.raises(aiohttp.ClientPayloadError):
         await response.read()
+    after = await tsgw.http.post("/predictions/streaming", json={"parts": 1})
+    assert (after.status, await after.read()) == (200, b"part 0\ndone\n")
+
+
+async def test_a_client_leaving_a_stream_midway_is_no_error(
+        tsgw: RunningGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """It ends the request and the backend's stream, counted as 499 (nginx's "Client Closed
+    Request"), not as a failure of the gateway."""
+    gate = tmp_path / "gate"
+    registry = tsgw.http.gateway.metrics.registry  # type: ignore[attr-defined]
+    response = await tsgw.http.post("/predictions/streaming",
+                                    json={"parts": 3, "gate": str(gate)})
+    try:
+        assert await anext(response.content.iter_chunks()) == (b"part 0\n", True)
+        response.close()  # the client hangs up
+        await wait_until(lambda: registry.get_sample_value("gateway_requests_total", {
+            "frontend": "torchserve", "model": "streaming", "variant": "",
+            "status": "499"}) == 1)
+    finally:
+        gate.touch()  # the handler's later parts come, for nobody
+    assert registry.get_sample_value("gateway_inflight_requests") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     after = await tsgw.http.post("/predictions/streaming", json={"parts": 1})
     assert (after.status, await after.read()) == (200, b"part 0\ndone\n")

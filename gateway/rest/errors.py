@@ -36,6 +36,9 @@ from gateway.telemetry.requests import RequestRecorder
 
 log = logging.getLogger("gateway.errors")
 RECORDER_KEY = web.AppKey("recorder", RequestRecorder)
+#: A request whose client closed its connection before the answer, as nginx counts one (its
+#: "Client Closed Request"); no reply carries it.
+CLIENT_CLOSED = 499
 DRAIN_LIMIT_BYTES = 64 * 1024  # a refused request's connection stays open if its body is this small
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -70,9 +73,12 @@ def answered(handler: Handler, drain: Drain) -> Handler:
             try:
                 response = await handler(request)
             except asyncio.CancelledError:
-                if not cut_short(request, drain):
-                    raise
-                raise ShuttingDown(CUT_SHORT, retry_after_s=1) from None
+                if cut_short(request, drain):
+                    raise ShuttingDown(CUT_SHORT, retry_after_s=1) from None
+                if not drain.was_cut():  # aiohttp cancels the handler of a closed connection
+                    _record(request, None, CLIENT_CLOSED, "ClientCancelled", started,
+                            request_id, logged)
+                raise
             finally:
                 drain.leave(call)
         except GatewayError as exc:
@@ -105,15 +111,22 @@ def answered(handler: Handler, drain: Drain) -> Handler:
         context = request.get(CONTEXT_KEY)
         if context is not None and context.reply_headers:
             response.headers.update(context.reply_headers)
-        recorder = request.app[RECORDER_KEY]
-        recorder.finished(
-            request.get(FRONTEND_KEY, "http"), request.get(MODEL_KEY, ""), str(response.status),
-            error, time.perf_counter() - started, context, request_id=request_id,
-            request=f"{request.method} {request.path}", log=logged,
-            **(_connection_fields(request, response) if logged and recorder.logs else {}))
+        _record(request, response, response.status, error, started, request_id, logged)
         return response
 
     return route
+
+
+def _record(request: web.Request, response: web.StreamResponse | None, status: int,
+            error: str, started: float, request_id: str, logged: bool) -> None:
+    """Metrics and the access line for a request answered with `response`, or with none
+    (`status` `CLIENT_CLOSED`: the client left first)."""
+    recorder = request.app[RECORDER_KEY]
+    recorder.finished(
+        request.get(FRONTEND_KEY, "http"), request.get(MODEL_KEY, ""), str(status), error,
+        time.perf_counter() - started, request.get(CONTEXT_KEY), request_id=request_id,
+        request=f"{request.method} {request.path}", log=logged,
+        **(_connection_fields(request, response) if logged and recorder.logs else {}))
 
 
 def _refusal(request: web.Request, exc: GatewayError,
@@ -129,13 +142,14 @@ def _refusal(request: web.Request, exc: GatewayError,
     return error, response
 
 
-def _connection_fields(request: web.Request, response: web.StreamResponse) -> dict[str, Any]:
+def _connection_fields(request: web.Request,
+                       response: web.StreamResponse | None) -> dict[str, Any]:
     """Who sent the request and the body bytes each way, as they crossed the wire (compressed
     if they were); a streamed reply counts what was written, its head and chunk framing
     included."""
     return {"client": request.remote or "", "user_agent": request.headers.get("User-Agent", ""),
             "bytes_in": request.content.total_bytes,
-            "bytes_out": response.body_length if response.prepared
+            "bytes_out": 0 if response is None else response.body_length if response.prepared
             else response.content_length or 0}
 
 

@@ -164,14 +164,17 @@ async def _relay(request: web.Request, response: InferResponse,
     stream.enable_chunked_encoding()
     await stream.prepare(request)
     async with contextlib.aclosing(rest) as chunks:
-        await stream.write(first)
         try:
+            await stream.write(first)
             async for chunk in chunks:
                 await stream.write(chunk)
         except GatewayError as exc:
             log.warning("POST %s: stream cut after it started: %s", request.path, exc.message)
             if request.transport is not None:
                 request.transport.close()
+            return stream
+        except ConnectionResetError:  # the client left: the backend's stream is closed too
+            log.debug("POST %s: the client left the stream", request.path)
             return stream
     await stream.write_eof()
     return stream
