@@ -370,14 +370,7 @@ async def test_costly_batches_stay_on_executor_threads() -> None:
             pass
         return rowwise(feeds)
 
-    ran_on: list[int] = []
-    batcher = DynamicBatcher(_threads_of(costly, ran_on), BatchingConfig(), name="costly",
-                             inline=True)
-    try:
-        for _ in range(4):
-            await batcher.submit({"x": np.ones((1, 3), np.float32)}, FAR)
-    finally:
-        await batcher.close()
+    ran_on = await _threads_running_four_rows(costly, inline=True)
     assert len(ran_on) == 4 and threading.get_ident() not in ran_on
 
 
@@ -401,11 +394,19 @@ async def test_a_large_batch_of_a_cheap_model_leaves_the_loop() -> None:
 
 
 async def test_batchers_run_on_threads_unless_inline() -> None:
+    ran_on = await _threads_running_four_rows(rowwise, inline=False)
+    assert len(ran_on) == 4 and threading.get_ident() not in ran_on
+
+
+async def _threads_running_four_rows(model: Callable[[Tensors], Tensors],
+                                     inline: bool) -> list[int]:
+    """The threads that ran four one-row requests, submitted one after another."""
     ran_on: list[int] = []
-    batcher = DynamicBatcher(_threads_of(rowwise, ran_on), BatchingConfig(), name="threads")
+    batcher = DynamicBatcher(_threads_of(model, ran_on), BatchingConfig(), name="rows",
+                             inline=inline)
     try:
         for _ in range(4):
             await batcher.submit({"x": np.ones((1, 3), np.float32)}, FAR)
     finally:
         await batcher.close()
-    assert len(ran_on) == 4 and threading.get_ident() not in ran_on
+    return ran_on

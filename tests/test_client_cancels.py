@@ -5,13 +5,13 @@ error, or disturb the calls that follow; each is counted (gRPC `CANCELLED`, HTTP
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import grpc
 import numpy as np
 import pytest
 
 from protos.inference import grpc_service_pb2 as pb
+from tests.log_support import errors_logged
 from tests.servers.running_gateway import RunningGateway, StartGateway
 from tests.waiting import wait_until
 
@@ -50,10 +50,6 @@ def settled(gw: RunningGateway) -> bool:
     """Nothing in flight and nothing queued for the slow model."""
     return (sample(gw, "gateway_inflight_requests") == 0
             and sample(gw, "gateway_batch_queue_depth", model="slow", version="1") == 0)
-
-
-def errors_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 async def test_grpc_calls_cancelled_in_flight_are_counted_and_free_their_places(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import struct
 import time
 from collections import Counter
@@ -50,6 +49,7 @@ from tests.fuzz_support import (
     v2_documents,
     v2_model_document,
 )
+from tests.log_support import errors_logged
 from tests.servers.running_gateway import RunningGateway, StartGateway
 from tests.waiting import wait_until
 
@@ -95,7 +95,7 @@ async def drive(cases: st.SearchStrategy[T], examples: int,
 
 
 def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    errors = errors_logged(caplog)
     assert not errors, [r.getMessage() for r in errors[:5]]
 
 

@@ -6,7 +6,6 @@ with `tritonclient.grpc`'s stream."""
 from __future__ import annotations
 
 import gc
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -19,6 +18,7 @@ from gateway.metrics import OTHER_MODEL
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc
 from tests.auth_support import bearer, claims, hs_provider, sign
+from tests.log_support import errors_logged
 from tests.test_rest_tfserving import expected_probabilities
 
 ROWS = [[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 2.0]]
@@ -138,4 +138,4 @@ async def test_a_stream_the_client_cancels_ends_cleanly(
         gc.collect()  # what would free a call still in use
     got = await answers(v2, [demo_request("after")])  # the server goes on
     assert got["after"].error_message == ""
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors_logged(caplog)

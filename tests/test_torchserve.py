@@ -6,7 +6,6 @@ its gRPC inference API (the default) and over its REST one."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types
 from protos.tensorflow_serving.apis import model_pb2, predict_pb2
 from protos.torchserve import inference_pb2_grpc as inference_grpc
 from protos.torchserve import management_pb2, management_pb2_grpc
+from tests.log_support import errors_logged
 from tests.servers.running_gateway import RunningGateway, StartGateway
 from tests.servers.tfserving_standin import decode_tensor
 from tests.servers.torchserve_server import TorchServe, tiny_answer, torchserve_config
@@ -256,6 +256,6 @@ async def test_a_client_leaving_a_stream_midway_is_no_error(
     finally:
         gate.touch()  # the handler's later parts come, for nobody
     assert registry.get_sample_value("gateway_inflight_requests") == 0
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors_logged(caplog)
     after = await tsgw.http.post("/predictions/streaming", json={"parts": 1})
     assert (after.status, await after.read()) == (200, b"part 0\ndone\n")
